@@ -1,0 +1,105 @@
+"""Typed records that leave protocol/: what the framer yields and what the decoder returns.
+
+These types are the contract with storage/ and gateway/. Fields may be added; existing
+names and meanings change only together with every caller.
+
+Records are slotted dataclasses (chosen by measurement on the hot path, see
+benchmarks/protocol.py). ``Packet`` keeps the decoded values as plain dicts of raw
+text, exactly as ``../shared/vectors`` describes them: numeric parsing, units and
+storage columns are the business of the layers above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from protocol.errors import Quirk, RejectReason
+
+
+class CrcVariant(str, Enum):
+    """Which checksum algorithm matched a frame's CRC field."""
+
+    HJ212 = "hj212"
+    """The standard's algorithm (protocol.md section 2)."""
+    MODBUS = "modbus"
+    """CRC-16/MODBUS over the segment, written high byte first (field-quirks Q3)."""
+    MODBUS_SWAPPED = "modbus_swapped"
+    """CRC-16/MODBUS written low byte first (Q3)."""
+    NONE = "none"
+    """No variant matched (only on rejected frames)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame cut from the stream whose CRC matched an accepted variant.
+
+    ``raw`` is the exact bytes from ``##`` up to and including the tail as received
+    (no tail when it was missing); ``segment`` the data-segment bytes covered by the
+    CRC. ``offset`` is the stream offset of the leading ``##`` (bytes fed so far).
+    """
+
+    raw: bytes
+    segment: bytes
+    offset: int
+    crc_variant: CrcVariant
+    quirks: tuple[Quirk, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Bytes that did not form an acceptable frame, and why.
+
+    ``raw`` holds the rejected bytes (bounded by the framer's limits); ``crc_variant``
+    names a non-accepted CRC variant that did match, so a per-device allow-list can be
+    offered to the operator.
+    """
+
+    reason: RejectReason
+    raw: bytes
+    offset: int
+    detail: str = ""
+    crc_variant: CrcVariant = CrcVariant.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One ``DataTime`` group of a CP. A standard packet has exactly one (or none)."""
+
+    data_time: str | None
+    """The ``DataTime`` text as received (14 or 17 digits), or None."""
+    data: dict[str, dict[str, str]]
+    """code -> field -> raw text, for every ``code-Field=value`` item of this group."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """A decoded data segment.
+
+    Header values are trimmed text; absent fields are None. ``header`` keeps every
+    header field as received (the golden vectors compare against it), ``cp`` every CP
+    key without a ``-``, ``data`` every ``code-Field=value`` item (all records merged,
+    later values win), ``records`` the same items grouped by ``DataTime``.
+    ``//text//`` values are given without the slashes.
+    """
+
+    qn: str | None
+    st: str | None
+    cn: str
+    pw: str | None
+    mn: str
+    flag: int | None
+    version: str
+    """"2005", "2017", "2025", or "v<N>" for other version bits (with Quirk.UNKNOWN_VERSION)."""
+    ack_requested: bool
+    split: bool
+    pnum: int | None
+    pno: int | None
+    header: dict[str, str]
+    cp: dict[str, str]
+    data: dict[str, dict[str, str]]
+    records: tuple[Record, ...]
+    quirks: tuple[Quirk, ...] = ()
+    crc_variant: CrcVariant = CrcVariant.HJ212
+    raw: bytes = field(default=b"", repr=False)
+    """The whole frame as received (from Frame.raw); empty when decoded from a bare segment."""
