@@ -1,0 +1,267 @@
+"""Composition root: builds the store, writer, hub, servers and metrics, and runs them.
+
+Start order: logging -> store (open + migrate) -> writer -> hub -> device listener ->
+metrics listener -> periodic tasks. Shutdown (SIGTERM/SIGINT) follows uvicorn's order:
+stop accepting, pause every read, flush the queue within ``shutdown.drain_timeout_s``
+(replies for rows committed in that time still go out), close the connections, close
+the store. Rows still queued at the deadline were never replied to; they are counted and
+logged, and the devices resend them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+import socket
+from collections.abc import Coroutine
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from prometheus_client import CollectorRegistry
+
+from config import Settings
+from gateway.hub import SWEEP_INTERVAL_S, Hub
+from gateway.http import MetricsServer
+from gateway.logs import configure_logging, get_logger
+from gateway.metrics import Metrics
+from protocol import CrcVariant, Quirk, RejectReason, known_cns, known_sts
+from storage import BatchWriter, Store, open_store
+
+# How often the database is pinged while no batch proves it alive (readiness).
+PING_INTERVAL_S = 5.0
+# A listen backlog large enough for a reconnect storm of a whole fleet: the kernel caps it
+# at net.core.somaxconn anyway.
+LISTEN_BACKLOG = 4_096
+
+
+def utc_offset_us(zone: str) -> int:
+    """The zone's current offset from UTC in microseconds (Asia/Shanghai: +8 h, no DST)."""
+    offset = dt.datetime.now(ZoneInfo(zone)).utcoffset() or dt.timedelta(0)
+    return int(offset.total_seconds()) * 1_000_000
+
+
+class Gateway:
+    """One worker: ``await start()``, then ``await stop()`` (or ``run_until_signal()``)."""
+
+    def __init__(self, settings: Settings, *, worker: int = 0) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.log = get_logger("hj212.gateway").bind(worker=worker)
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(
+            self.registry,
+            known_cns=known_cns(),
+            known_sts=known_sts(),
+            reject_reasons=[r.value for r in RejectReason],
+            quirks=[q.value for q in Quirk],
+            crc_variants=[v.value for v in CrcVariant],
+        )
+        self.store: Store | None = None
+        self.writer: BatchWriter | None = None
+        self.hub: Hub | None = None
+        self.server: asyncio.Server | None = None
+        self.http: MetricsServer | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self.db_ok = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store = open_store(s.storage)
+        await self.store.open()
+        applied = await self.store.migrate()
+        if applied:
+            self.log.info("migrations applied", migrations=applied)
+        self.db_ok = True
+        st = s.storage
+        self.writer = BatchWriter(
+            self.store,
+            queue_rows=st.queue_rows,
+            high_water_rows=int(st.queue_rows * st.high_water),
+            low_water_rows=int(st.queue_rows * st.low_water),
+            batch_rows=st.batch_rows,
+            linger_s=st.linger_ms / 1000.0,
+            retry_initial_s=st.retry_initial_ms / 1000.0,
+            retry_max_s=st.retry_max_ms / 1000.0,
+            on_high_water=self._on_high_water,
+            on_low_water=self._on_low_water,
+            on_batch=self._on_batch,
+        )
+        await self.writer.start()
+        self.hub = Hub(
+            s,
+            self.metrics,
+            self.writer,
+            self.log,
+            worker=self.worker,
+            utc_offset_us=utc_offset_us(s.protocol.timezone),
+        )
+        self.metrics.add_store_collector(self.store.stats)
+        self.metrics.add_queue_collector(self._queue_gauges)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self.hub.make_connection,
+            s.listen.host,
+            s.listen.port,
+            backlog=LISTEN_BACKLOG,
+            reuse_port=s.listen.reuse_port or None,
+        )
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        for sock in self.server.sockets:
+            # Half-open sockets of dead modems are also reaped by the idle timeout;
+            # keepalive makes the kernel notice sooner where the peer's stack answers.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if s.metrics.enabled:
+            self.http = MetricsServer(self.registry, self.ready)
+            self.metrics_port = await self.http.start(s.metrics.host, s.metrics.port)
+        self._spawn(self._every(SWEEP_INTERVAL_S, self._sweep))
+        self._spawn(self._every(s.storage.presence_interval_s, self._flush_presence))
+        self._spawn(self._every(PING_INTERVAL_S, self._ping))
+        self.log.info(
+            "gateway listening",
+            host=s.listen.host,
+            port=self.port,
+            metrics_port=self.metrics_port,
+            store=self.store.kind,
+            ack_policy=s.ack.policy,
+            auth_policy=s.auth.policy,
+        )
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        hub, writer, store = self.hub, self.writer, self.store
+        if self.server is not None:
+            self.server.close()  # stop accepting; open connections stay
+        if hub is not None:
+            hub.draining = True
+            hub.pause_all()
+        left = 0
+        if writer is not None:
+            left = await writer.stop(self.settings.shutdown.drain_timeout_s)
+            if left:
+                self.metrics.unflushed_rows.inc(left)
+                self.log.warning("shutdown deadline passed with rows unwritten", rows=left)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if hub is not None:
+            await self._flush_presence()
+            for conn in list(hub.connections):
+                conn.close("shutdown")
+        if self.server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 5.0)
+        if self.http is not None:
+            await self.http.close()
+        if store is not None:
+            await store.close()
+        self.log.info("gateway stopped", rows_unwritten=left)
+
+    async def run_until_signal(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("signal received; draining")
+        await self.stop()
+
+    # -- callbacks and periodic jobs ------------------------------------------------------
+
+    def _on_high_water(self) -> None:
+        if self.hub is not None:
+            self.hub.pause_all()
+
+    def _on_low_water(self) -> None:
+        if self.hub is not None and not self.hub.draining:
+            self.hub.resume_all()
+
+    def _on_batch(self, rows: int, seconds: float, ok: bool, kind: str) -> None:
+        m = self.metrics
+        m.batch_seconds.labels("ok" if ok else "error").observe(seconds)
+        if ok:
+            m.batch_rows.observe(rows)
+            self.db_ok = True
+        else:
+            m.writer_retries.inc()
+            m.writer_errors.labels(kind).inc()
+            self.db_ok = False
+
+    def _queue_gauges(self) -> tuple[int, int, int, int]:
+        writer, hub = self.writer, self.hub
+        if writer is None or hub is None:
+            return (0, 0, 0, 0)
+        return (writer.depth_rows, writer.capacity_rows, hub.paused_count(), len(hub.sessions))
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: can make data durable now and is not draining."""
+        if self._stopping or self.hub is None or self.writer is None:
+            return False, "draining"
+        if not self.db_ok:
+            return False, "database unreachable"
+        if self.hub.paused:
+            return False, "write queue above high water"
+        return True, "ready"
+
+    async def _sweep(self) -> None:
+        if self.hub is not None:
+            self.hub.sweep()
+
+    async def _flush_presence(self) -> None:
+        if self.hub is None or self.store is None:
+            return
+        rows = self.hub.take_presence()
+        if not rows:
+            return
+        try:
+            await self.store.write_presence(rows)
+        except Exception as exc:  # presence is advisory; never stop the gateway for it
+            self.log.warning("presence write failed", error=str(exc), devices=len(rows))
+
+    async def _ping(self) -> None:
+        writer, store = self.writer, self.store
+        if writer is None or store is None:
+            return
+        if writer.depth_rows and writer.healthy:
+            return  # batches are flowing: they prove the database alive
+        try:
+            self.db_ok = await asyncio.wait_for(store.ping(), PING_INTERVAL_S)
+        except Exception:
+            self.db_ok = False
+
+    async def _every(self, interval: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.error("periodic job failed", job=job.__name__, error=repr(exc))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+
+def run(settings: Settings, *, worker: int = 0) -> int:
+    """Run one worker until SIGTERM/SIGINT, on uvloop when it is installed."""
+    configure_logging(settings.log.level, settings.log.format)
+    gateway = Gateway(settings, worker=worker)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(gateway.run_until_signal())
+    else:
+        uvloop.run(gateway.run_until_signal())
+    return 0

@@ -1,0 +1,248 @@
+"""Prometheus metrics of the gateway (design.md section 7).
+
+All names start with ``hj212_`` and use base units. Labels are bounded: ``cn`` and ``st``
+take the values of the code tables plus ``other``; ``reason``, ``quirk`` and
+``crc_variant`` come from the protocol enums or the gateway's own fixed reasons; never an
+MN or an IP address (12,000+ devices would mean 12,000+ series per metric).
+
+Counters kept by storage (rows written, duplicates, revisions) are read at scrape time by
+a custom collector, so storage/ never imports prometheus.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from storage.base import StoreStats
+
+OTHER = "other"
+
+# Reply latency: DAUs resend after OverTime (5-10 s, protocol.md 6.6), so the buckets
+# resolve the group-commit range (tens to hundreds of ms) and the danger zone near 5 s.
+REPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+WRITE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_ROW_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
+
+# Connection close reasons (the ``reason`` label of hj212_connections_closed_total).
+CLOSE_REASONS = (
+    "peer_closed",
+    "idle_timeout",
+    "too_many_rejects",
+    "garbage",
+    "write_stalled",
+    "superseded",
+    "shutdown",
+    "error",
+)
+# Reasons a frame was not stored or not answered beyond the protocol's RejectReason.
+GATEWAY_REASONS = ("platform_only", "queue_full")
+
+
+class _StoreCollector(Collector):
+    """Exposes the store's counters at scrape time."""
+
+    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        snap = self._stats()
+        rows = CounterMetricFamily(
+            "hj212_rows_written", "Rows inserted or updated, by table.", labels=["table"]
+        )
+        for table, n in sorted(snap.rows_written.items()):
+            rows.add_metric([table], n)
+        yield rows
+        yield CounterMetricFamily(
+            "hj212_rows_revised",
+            "Rows whose values changed on a resend (revision incremented).",
+            value=snap.rows_revised,
+        )
+        yield CounterMetricFamily(
+            "hj212_rows_duplicate",
+            "Rows that arrived again with unchanged values (nothing written).",
+            value=snap.duplicates,
+        )
+        paths = CounterMetricFamily(
+            "hj212_batches", "Batches written, by write path.", labels=["path"]
+        )
+        paths.add_metric(["copy"], snap.batches_copy)
+        paths.add_metric(["upsert"], snap.batches_upsert)
+        yield paths
+        errors = CounterMetricFamily(
+            "hj212_store_errors", "Store operation failures, by kind.", labels=["kind"]
+        )
+        for kind, n in sorted(snap.write_errors.items()):
+            errors.add_metric([kind], n)
+        yield errors
+
+
+class _QueueCollector(Collector):
+    """Queue depth, capacity and paused connections, read at scrape time."""
+
+    def __init__(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth, capacity, paused, sessions = self._read()
+        yield GaugeMetricFamily(
+            "hj212_write_queue_rows", "Rows waiting for the database.", value=depth
+        )
+        yield GaugeMetricFamily(
+            "hj212_write_queue_capacity_rows", "Rows the write queue may hold.", value=capacity
+        )
+        yield GaugeMetricFamily(
+            "hj212_connections_paused", "Connections whose reading is paused.", value=paused
+        )
+        yield GaugeMetricFamily(
+            "hj212_sessions", "MNs currently mapped to a live connection.", value=sessions
+        )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("hj212-gateway")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+class Metrics:
+    """Every metric object, registered on one registry passed in (no global state)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        known_cns: Iterable[str],
+        known_sts: Iterable[str],
+        reject_reasons: Iterable[str],
+        quirks: Iterable[str],
+        crc_variants: Iterable[str],
+    ) -> None:
+        self.registry = registry
+        self.known_cns = frozenset(known_cns)
+        self.known_sts = frozenset(known_sts)
+        r = registry
+        self.build_info = Gauge(
+            "hj212_gateway_build_info",
+            "Build information (value 1).",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(_version(), platform.python_version()).set(1)
+        self.connections_open = Gauge(
+            "hj212_connections_open", "Open device connections.", registry=r
+        )
+        self.connections_accepted = Counter(
+            "hj212_connections_accepted", "Device connections accepted.", registry=r
+        )
+        self.connections_refused = Counter(
+            "hj212_connections_refused",
+            "Connections refused at accept time, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "hj212_connections_closed", "Connections closed, by reason.", ["reason"], registry=r
+        )
+        self.frames = Counter(
+            "hj212_frames",
+            "Frames received, by CN, protocol version and result.",
+            ["cn", "version", "result"],
+            registry=r,
+        )
+        self.rejects = Counter(
+            "hj212_rejects", "Rejected frames and byte runs, by reason.", ["reason"], registry=r
+        )
+        self.quirks = Counter(
+            "hj212_quirks", "Accepted deviations from the standard, by quirk.", ["quirk"], registry=r
+        )
+        self.crc_variants = Counter(
+            "hj212_crc_variant",
+            "Frames by the CRC algorithm that matched (accepted or not).",
+            ["crc_variant"],
+            registry=r,
+        )
+        self.resync_bytes = Counter(
+            "hj212_resync_bytes", "Bytes skipped to find the next frame start.", registry=r
+        )
+        self.bytes_in = Counter("hj212_bytes_received", "Bytes received from devices.", registry=r)
+        self.bytes_out = Counter("hj212_bytes_sent", "Bytes sent to devices.", registry=r)
+        self.replies = Counter("hj212_replies", "Replies sent, by CN.", ["cn"], registry=r)
+        self.reply_latency = Histogram(
+            "hj212_reply_latency_seconds",
+            "From frame received to reply written (includes the wait for durability).",
+            buckets=REPLY_BUCKETS,
+            registry=r,
+        )
+        self.rows_refused = Counter(
+            "hj212_rows_refused",
+            "Rows not accepted into the write queue (no reply sent), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.archive_dropped = Counter(
+            "hj212_rejected_frames_not_archived",
+            "Rejected frames over the per-connection archive rate (counted only).",
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "hj212_batch_rows", "Rows per database batch.", buckets=BATCH_ROW_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "hj212_batch_write_seconds",
+            "Time to write one batch, by outcome.",
+            ["outcome"],
+            buckets=WRITE_BUCKETS,
+            registry=r,
+        )
+        self.writer_retries = Counter(
+            "hj212_writer_retries", "Batch write attempts that failed and were retried.", registry=r
+        )
+        self.writer_errors = Counter(
+            "hj212_writer_errors", "Failed batch writes, by error kind.", ["kind"], registry=r
+        )
+        self.session_takeovers = Counter(
+            "hj212_session_takeovers",
+            "MNs that moved to a newer connection (reconnects, field-quirks Q21).",
+            registry=r,
+        )
+        self.unflushed_rows = Counter(
+            "hj212_shutdown_unflushed_rows",
+            "Rows still queued when the shutdown deadline passed (never replied to).",
+            registry=r,
+        )
+        self._preinitialise(reject_reasons, quirks, crc_variants)
+
+    def _preinitialise(
+        self, reasons: Iterable[str], quirks: Iterable[str], variants: Iterable[str]
+    ) -> None:
+        """Create the known label sets at 0 so series exist before the first event."""
+        for reason in (*reasons, *GATEWAY_REASONS):
+            self.rejects.labels(reason)
+        for quirk in quirks:
+            self.quirks.labels(quirk)
+        for variant in variants:
+            self.crc_variants.labels(variant)
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason)
+        for reason in ("queue_full", "shutdown"):
+            self.rows_refused.labels(reason)
+        for cn in ("9013", "9014"):
+            self.replies.labels(cn)
+        self.connections_refused.labels("max_connections")
+        self.connections_refused.labels("max_connections_per_ip")
+
+    def cn_label(self, cn: str | None) -> str:
+        return cn if cn in self.known_cns else OTHER
+
+    def add_store_collector(self, stats: Callable[[], StoreStats]) -> None:
+        self.registry.register(_StoreCollector(stats))
+
+    def add_queue_collector(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
+        self.registry.register(_QueueCollector(read))
