@@ -63,7 +63,10 @@ class ReadingRow(NamedTuple):
 
 
 class InfoRow(NamedTuple):
-    """One row of ``hj212.info`` (``iXXXXX-Info`` items), key (mn, cn, data_time, pol_id, info_code)."""
+    """One row of ``hj212.info`` (``iXXXXX-Info`` items).
+
+    Key (mn, cn, data_time, pol_id, info_code).
+    """
 
     data_time_us: int
     mn: str
@@ -140,6 +143,8 @@ class StoreStats:
     """Batches written on the idempotent path."""
     write_errors: dict[str, int] = field(default_factory=dict)
     """error kind -> count."""
+    fallbacks: int = 0
+    """Batches sent by plain COPY that met an existing key and were redone by upsert."""
 
 
 class StorageError(Exception):
