@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, TypeVar, cast
 
-from storage.base import InfoRow, ReadingRow, StatusRow
+from storage.base import InfoRow, PresenceRow, ReadingRow, StatusRow
 
 MAX_WATERMARK_KEYS: Final = 1_000_000
 """(mn, cn) pairs remembered. A 12,000-device fleet uses ~12,000 x 6 CNs = 72,000; past the
@@ -139,3 +139,27 @@ def collapse(
         duplicates += len(ordered) - 1 - changes
         out.append((ordered[-1], changes))
     return out, duplicates, revisions
+
+
+def merge_presence(rows: Sequence[PresenceRow]) -> list[PresenceRow]:
+    """One row per MN: earliest first_seen, latest last_seen (and its peer), summed counters."""
+    merged: dict[str, PresenceRow] = {}
+    for r in rows:
+        cur = merged.get(r.mn)
+        if cur is None:
+            merged[r.mn] = r
+            continue
+        newer = r if r.last_seen_us >= cur.last_seen_us else cur
+        times = [t for t in (cur.last_data_time_us, r.last_data_time_us) if t is not None]
+        merged[r.mn] = PresenceRow(
+            r.mn,
+            min(cur.first_seen_us, r.first_seen_us),
+            newer.last_seen_us,
+            max(times) if times else None,
+            newer.peer,
+            newer.worker,
+            newer.version,
+            cur.frames + r.frames,
+            cur.rejects + r.rejects,
+        )
+    return list(merged.values())

@@ -45,7 +45,7 @@ from storage.base import (
     StoreStats,
 )
 from storage.errors import map_error
-from storage.idempotency import Watermark, collapse
+from storage.idempotency import Watermark, collapse, merge_presence
 from storage.migrate import MIGRATION_LOCK_KEY, SCHEMA_MIGRATIONS_DDL, load_migrations
 
 __all__ = ["PostgresStore"]
@@ -211,30 +211,6 @@ def _day_name(day: int) -> str:
 
 def _day_literal(day: int) -> str:
     return dt.datetime.fromtimestamp(day * 86_400, dt.UTC).strftime("%Y-%m-%d 00:00:00+00")
-
-
-def merge_presence(rows: Sequence[PresenceRow]) -> list[PresenceRow]:
-    """One row per MN: earliest first_seen, latest last_seen (and its peer), summed counters."""
-    merged: dict[str, PresenceRow] = {}
-    for r in rows:
-        cur = merged.get(r.mn)
-        if cur is None:
-            merged[r.mn] = r
-            continue
-        newer = r if r.last_seen_us >= cur.last_seen_us else cur
-        times = [t for t in (cur.last_data_time_us, r.last_data_time_us) if t is not None]
-        merged[r.mn] = PresenceRow(
-            r.mn,
-            min(cur.first_seen_us, r.first_seen_us),
-            newer.last_seen_us,
-            max(times) if times else None,
-            newer.peer,
-            newer.worker,
-            newer.version,
-            cur.frames + r.frames,
-            cur.rejects + r.rejects,
-        )
-    return list(merged.values())
 
 
 class PostgresStore:
