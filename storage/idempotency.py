@@ -102,17 +102,17 @@ class Watermark:
         self._newest.clear()
 
 
-def collapse(
-    rows: Sequence[R], key_width: int, value_slice: slice, received_index: int
-) -> tuple[list[tuple[R, int]], int, int]:
-    """Keep, for each key, the version with the latest ``received_at`` (ties: the later row).
+def rounds(rows: Sequence[R], key_width: int, received_index: int) -> list[list[R]]:
+    """Split rows into rounds in which each key appears at most once.
 
-    Returns ([(row, changes)], duplicates, revisions): ``changes`` counts value changes
-    among the collapsed versions in receive order (it is added to the row's revision);
-    ``duplicates`` the versions dropped with values equal to their predecessor,
-    ``revisions`` those with different values.
+    Versions of one key are ordered by ``received_at`` (ties keep batch order) and go into
+    consecutive rounds, so applying the rounds in order replays the versions as they
+    arrived: every change bumps ``revision`` once, every repeat counts as a duplicate, and
+    the newest version wins. A batch without repeated keys is a single round (the usual
+    case: the idempotent path then costs one statement per table).
     """
     by_key: dict[tuple[object, ...], list[R]] = {}
+    repeated = False
     for r in rows:
         k = r[:key_width]
         versions = by_key.get(k)
@@ -120,25 +120,18 @@ def collapse(
             by_key[k] = [r]
         else:
             versions.append(r)
-    out: list[tuple[R, int]] = []
-    duplicates = 0
-    revisions = 0
+            repeated = True
+    if not repeated:
+        return [list(rows)]
+    out: list[list[R]] = []
     for versions in by_key.values():
-        if len(versions) == 1:
-            out.append((versions[0], 0))
-            continue
-        ordered = sorted(versions, key=lambda v: cast(int, v[received_index]))
-        changes = 0
-        prev = ordered[0][value_slice]
-        for v in ordered[1:]:
-            cur = v[value_slice]
-            if cur != prev:
-                changes += 1
-            prev = cur
-        revisions += changes
-        duplicates += len(ordered) - 1 - changes
-        out.append((ordered[-1], changes))
-    return out, duplicates, revisions
+        if len(versions) > 1:
+            versions.sort(key=lambda v: cast(int, v[received_index]))
+        for i, v in enumerate(versions):
+            if i == len(out):
+                out.append([])
+            out[i].append(v)
+    return out
 
 
 def merge_presence(rows: Sequence[PresenceRow]) -> list[PresenceRow]:

@@ -45,7 +45,7 @@ from storage.base import (
     StoreStats,
 )
 from storage.errors import map_error
-from storage.idempotency import Watermark, collapse, merge_presence
+from storage.idempotency import Watermark, merge_presence, rounds
 from storage.migrate import MIGRATION_LOCK_KEY, SCHEMA_MIGRATIONS_DDL, load_migrations
 
 __all__ = ["PostgresStore"]
@@ -107,12 +107,9 @@ class _Table:
         self.received_index = columns.index("received_at")
         self.stage = f"hj212_stage_{name}"
         stage_cols = ", ".join(f"{c} {types[c]}" for c in columns)
-        self.stage_ddl = (
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.stage} ({stage_cols}, revision integer)"
-        )
-        self.stage_columns = (*columns, "revision")
+        self.stage_ddl = f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.stage} ({stage_cols})"
         key = ", ".join(columns[:key_width])
-        cols = ", ".join(self.stage_columns)
+        cols = ", ".join(columns)
         updates = ", ".join(
             f"{c} = EXCLUDED.{c}" for c in columns[key_width:] if c not in columns[:key_width]
         )
@@ -123,7 +120,7 @@ WITH merged AS (
     INSERT INTO hj212.{name} AS t ({cols})
     SELECT {cols} FROM pg_temp.{self.stage}
     ON CONFLICT ({key}) DO UPDATE SET {updates},
-        revision = t.revision + 1 + EXCLUDED.revision
+        revision = t.revision + 1
     WHERE EXCLUDED.received_at >= t.received_at
       AND ({old}) IS DISTINCT FROM ({new})
     RETURNING (t.xmax = 0) AS inserted
@@ -611,19 +608,15 @@ class PostgresStore:
         for table, rows in ((READING, readings), (INFO, infos), (STATUS, statuses)):
             if not rows:
                 continue
-            collapsed, dups, revs = collapse(
-                rows, table.key_width, table.value_slice, table.received_index
-            )
-            staged = [(*row, changes) for row, changes in collapsed]
-            await conn.execute(f"TRUNCATE pg_temp.{table.stage}")
-            await conn.copy_records_to_table(
-                table.stage, records=staged, columns=table.stage_columns
-            )
-            inserted, merged = await conn.fetchrow(table.upsert_sql)
-            updated = merged - inserted
-            dups += len(staged) - merged
-            revs += updated
-            counts[table.name] = (merged, dups, revs)
+            changed = dups = revs = 0
+            for part in rounds(rows, table.key_width, table.received_index):
+                await conn.execute(f"TRUNCATE pg_temp.{table.stage}")
+                await conn.copy_records_to_table(table.stage, records=part, columns=table.columns)
+                inserted, merged = await conn.fetchrow(table.upsert_sql)
+                changed += merged
+                revs += merged - inserted
+                dups += len(part) - merged
+            counts[table.name] = (changed, dups, revs)
         return counts
 
     async def write_presence(self, rows: Sequence[PresenceRow]) -> None:

@@ -35,7 +35,7 @@ from storage.base import (
     StorageError,
     StoreStats,
 )
-from storage.idempotency import Watermark, collapse, merge_presence
+from storage.idempotency import Watermark, merge_presence, rounds
 
 __all__ = ["SqliteStore", "iso_from_us", "us_from_iso"]
 
@@ -135,14 +135,12 @@ class _SqlTable:
         marks = ", ".join("?" * len(columns))
         cols = ", ".join(columns)
         self.insert = f"INSERT INTO {name} ({cols}) VALUES ({marks})"
-        self.insert_rev = (
-            f"INSERT INTO {name} ({cols}, revision) VALUES ({marks}, ?) ON CONFLICT DO NOTHING"
-        )
+        self.insert_new = f"INSERT INTO {name} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"
         sets = ", ".join(f"{c} = ?" for c in columns[key_width:])
         key = " AND ".join(f"{c} = ?" for c in columns[:key_width])
         differs = " OR ".join(f"{c} IS NOT ?" for c in values)
         self.update = (
-            f"UPDATE {name} SET {sets}, revision = revision + 1 + ? "
+            f"UPDATE {name} SET {sets}, revision = revision + 1 "
             f"WHERE {key} AND received_at <= ? AND ({differs})"
         )
         self.nvalues = len(values)
@@ -462,24 +460,21 @@ class SqliteStore:
         """Insert-or-revise each row; (rows changed, duplicates, revisions)."""
         if not rows:
             return 0, 0, 0
-        collapsed, dups, revs = collapse(
-            rows, table.key_width, table.value_slice, table.received_index
-        )
-        changed = 0
+        changed = dups = revs = 0
         kw = table.key_width
         vs = table.value_slice
         ri = table.received_index
-        for row, changes in collapsed:
-            p = params(row)
-            if db.execute(table.insert_rev, (*p, changes)).rowcount == 1:
-                changed += 1
-                continue
-            update = (*p[kw:], changes, *p[:kw], p[ri], *p[vs])
-            if db.execute(table.update, update).rowcount == 1:
-                changed += 1
-                revs += 1
-            else:
-                dups += 1
+        for part in rounds(rows, kw, ri):
+            for row in part:
+                p = params(row)
+                if db.execute(table.insert_new, p).rowcount == 1:
+                    changed += 1
+                    continue
+                if db.execute(table.update, (*p[kw:], *p[:kw], p[ri], *p[vs])).rowcount == 1:
+                    changed += 1
+                    revs += 1
+                else:
+                    dups += 1
         return changed, dups, revs
 
     async def write_presence(self, rows: Sequence[PresenceRow]) -> None:
