@@ -273,7 +273,17 @@ class BatchWriter:
         while True:
             started = time.monotonic()
             try:
-                await self._store.write(entries)
+                try:
+                    await self._store.write(entries)
+                except StorageError:
+                    raise
+                except Exception as unexpected:
+                    # A store bug or a malformed entry: never retried, isolated like data.
+                    raise StorageError(
+                        f"write: {type(unexpected).__name__}: {unexpected}",
+                        retriable=False,
+                        kind="other",
+                    ) from unexpected
             except StorageError as exc:
                 elapsed = time.monotonic() - started
                 self._healthy = False
