@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import Enum
 
 
-class RejectReason(str, Enum):
+class RejectReason(str, Enum):  # noqa: UP042 - str() must stay the member name for callers
     """Why a frame (or a run of bytes) was not accepted."""
 
     GARBAGE = "garbage"
@@ -28,7 +28,7 @@ class RejectReason(str, Enum):
     BAD_CRC_FIELD = "bad_crc_field"
     """The characters in the CRC position are not 1 to 4 hex digits."""
     CRC_MISMATCH = "crc_mismatch"
-    """The CRC does not match under any accepted variant (a non-accepted variant may have matched)."""
+    """The CRC does not match under any accepted variant (a non-accepted one may have matched)."""
     TRUNCATED = "truncated"
     """The stream ended, or the buffer bound was hit, in the middle of a frame."""
     BAD_SEGMENT = "bad_segment"
@@ -45,7 +45,7 @@ class RejectReason(str, Enum):
     """The segment is neither valid UTF-8 nor GBK text."""
 
 
-class Quirk(str, Enum):
+class Quirk(str, Enum):  # noqa: UP042 - str() must stay the member name for callers
     """A deviation from the standard that was accepted (lenient mode) and recorded."""
 
     CRC_LOWER = "crc_lower"
@@ -93,7 +93,7 @@ class Quirk(str, Enum):
 class ProtocolError(Exception):
     """The only exception protocol/ raises. ``reason`` is machine-readable."""
 
-    __slots__ = ("reason", "detail", "offset")
+    __slots__ = ("detail", "offset", "reason")
 
     def __init__(self, reason: RejectReason, detail: str = "", offset: int = -1) -> None:
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)

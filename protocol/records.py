@@ -17,7 +17,7 @@ from enum import Enum
 from protocol.errors import Quirk, RejectReason
 
 
-class CrcVariant(str, Enum):
+class CrcVariant(str, Enum):  # noqa: UP042 - str() must stay the member name for callers
     """Which checksum algorithm matched a frame's CRC field."""
 
     HJ212 = "hj212"
@@ -60,6 +60,9 @@ class Rejected:
     offset: int
     detail: str = ""
     crc_variant: CrcVariant = CrcVariant.NONE
+    consumed: int = -1
+    """How many stream bytes this record accounts for (``raw`` may be a bounded excerpt of
+    them, e.g. for a long run of garbage); -1 when not set, meaning ``len(raw)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class Record:
     """The ``DataTime`` text as received (14 or 17 digits), or None."""
     data: dict[str, dict[str, str]]
     """code -> field -> raw text, for every ``code-Field=value`` item of this group."""
+    data_time_us: int | None = None
+    """``data_time`` as microseconds since 1970-01-01, reading the wall clock as if it were
+    UTC (``protocol.values.parse_time_us``; subtract the device zone's offset for UTC)."""
 
 
 @dataclass(frozen=True, slots=True)
