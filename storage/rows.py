@@ -16,9 +16,9 @@ Times are integers (microseconds since 1970 UTC). A record's ``DataTime`` is con
 per record, not once per row; a packet without ``DataTime`` is stored at the frame's
 ``received_at``. A non-numeric CN stores no value rows (the frame is still archived).
 
-Speed: the inner loop touches each field once through a dict of field -> column slot and
-builds each row with ``tuple.__new__`` from a list, which measured faster than keyword
-construction of the NamedTuple (benchmarks/storage.py prints the per-row figure).
+Speed: the inner loop touches each field once and builds each row with ``tuple.__new__``
+from a tuple, skipping the NamedTuple constructor's argument handling
+(benchmarks/storage.py prints the per-row figure).
 """
 
 from __future__ import annotations
@@ -27,42 +27,16 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from protocol.values import parse_number, parse_time_us
-
 from protocol.errors import ProtocolError
 from protocol.records import Packet
+from protocol.values import parse_number, parse_time_us
 from storage.base import Entry, FrameRow, InfoRow, ReadingRow, StatusRow
 
 if TYPE_CHECKING:
     from protocol.codes import Profile
 
-__all__ = ["entry_for_packet", "frame_row", "reading_row"]
+__all__ = ["entry_for_packet", "frame_row"]
 
-# Column slots of ReadingRow that a field fills: (slot, kind). Kinds: 0 number, 1 text, 2 time.
-_NUM: Final = 0
-_TEXT: Final = 1
-_TIME: Final = 2
-_FIELD_SLOTS: Final[dict[str, tuple[int, int]]] = {
-    "Rtd": (ReadingRow._fields.index("rtd"), _NUM),
-    "Avg": (ReadingRow._fields.index("avg"), _NUM),
-    "Min": (ReadingRow._fields.index("min"), _NUM),
-    "Max": (ReadingRow._fields.index("max"), _NUM),
-    "Cou": (ReadingRow._fields.index("cou"), _NUM),
-    "ZsRtd": (ReadingRow._fields.index("zs_rtd"), _NUM),
-    "ZsAvg": (ReadingRow._fields.index("zs_avg"), _NUM),
-    "ZsMin": (ReadingRow._fields.index("zs_min"), _NUM),
-    "ZsMax": (ReadingRow._fields.index("zs_max"), _NUM),
-    "Flag": (ReadingRow._fields.index("flag"), _TEXT),
-    "EFlag": (ReadingRow._fields.index("eflag"), _TEXT),
-    "SampleTime": (ReadingRow._fields.index("sample_time_us"), _TIME),
-}
-_NOT_READING: Final = frozenset(("Info", "RS", "RT"))
-_N_READING: Final = len(ReadingRow._fields)
-_I_EXTRA: Final = ReadingRow._fields.index("extra")
-_I_RAW: Final = ReadingRow._fields.index("raw")
-_I_RECEIVED: Final = ReadingRow._fields.index("received_at_us")
-_I_CODE_2017: Final = ReadingRow._fields.index("code_2017")
-_TEMPLATE: Final[tuple[object, ...]] = (None,) * _N_READING
 
 _new_tuple: Final = tuple.__new__
 _RESTART_CN: Final = 2081
@@ -97,53 +71,6 @@ def _time_or_none(text: str, utc_offset_us: int) -> int | None:
         return None
 
 
-def reading_row(  # noqa: PLR0917 (hot path: positional arguments are cheapest)
-    data_time_us: int,
-    mn: str,
-    cn: int,
-    code: str,
-    code_2017: str | None,
-    fields: dict[str, str],
-    received_at_us: int,
-    utc_offset_us: int,
-) -> ReadingRow | None:
-    """The reading row of one code's fields, or None when it has no reading field."""
-    vals: list[object] = list(_TEMPLATE)
-    raw_parts: list[str] = []
-    extra: dict[str, str] | None = None
-    slots = _FIELD_SLOTS
-    for f, v in fields.items():
-        slot = slots.get(f)
-        if slot is None:
-            if f in _NOT_READING:
-                continue
-            if extra is None:
-                extra = {}
-            extra[f] = v
-        else:
-            i, kind = slot
-            if kind == _NUM:
-                vals[i] = parse_number(v)
-            elif kind == _TEXT:
-                vals[i] = v
-            else:
-                vals[i] = _time_or_none(v, utc_offset_us)
-        raw_parts.append(f + "=" + v)
-    if not raw_parts:
-        return None
-    vals[0] = data_time_us
-    vals[1] = mn
-    vals[2] = cn
-    vals[3] = code
-    vals[_I_CODE_2017] = code_2017
-    if extra is not None:
-        vals[_I_EXTRA] = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
-    vals[_I_RAW] = ",".join(raw_parts)
-    vals[_I_RECEIVED] = received_at_us
-    row: ReadingRow = _new_tuple(ReadingRow, vals)
-    return row
-
-
 def entry_for_packet(
     packet: Packet, frame: FrameRow, *, utc_offset_us: int, profile: Profile
 ) -> Entry:
@@ -162,6 +89,7 @@ def entry_for_packet(
     received = frame.received_at_us
     st = packet.st
     normalise: Callable[[str, str | None], str | None] = profile.normalise_code
+    new_row = _new_tuple
     readings: list[ReadingRow] = []
     infos: list[InfoRow] = []
     statuses: list[StatusRow] = []
@@ -172,46 +100,85 @@ def entry_for_packet(
         dt_text = record.data_time
         data_time = received if dt_text is None else parse_time_us(dt_text) - utc_offset_us
         for code, fields in record.data.items():
-            routed = 0
-            if "Info" in fields:
-                if pol_id is None:
-                    pol_id = packet.cp.get("PolId", "")
-                text = fields["Info"]
-                infos.append(
-                    InfoRow(data_time, mn, cn, pol_id, code, text, parse_number(text), received)
-                )
-                routed = 1
-            if "RS" in fields or "RT" in fields:
-                for status_field in ("RS", "RT"):
-                    text_s = fields.get(status_field)
-                    if text_s is not None:
-                        statuses.append(
-                            StatusRow(
-                                data_time,
-                                mn,
-                                cn,
-                                code,
-                                status_field,
-                                text_s,
-                                parse_number(text_s),
-                                received,
-                            )
-                        )
-                        routed += 1
-            if routed == len(fields):
+            rtd = avg = min_ = max_ = cou = zs_rtd = zs_avg = zs_min = zs_max = None
+            flag = eflag = None
+            sample: int | None = None
+            extra: dict[str, str] | None = None
+            raw: str | None = None
+            # One pass over the fields; the if-chain is ordered by frequency (Rtd/Flag in
+            # real-time data, Avg/Min/Max/Cou in interval data): measured faster than a
+            # dict dispatch into a slot list, and the row is built once, as a tuple.
+            for f, v in fields.items():
+                if f == "Rtd":
+                    rtd = parse_number(v)
+                elif f == "Flag":
+                    flag = v
+                elif f == "Avg":
+                    avg = parse_number(v)
+                elif f == "Min":
+                    min_ = parse_number(v)
+                elif f == "Max":
+                    max_ = parse_number(v)
+                elif f == "Cou":
+                    cou = parse_number(v)
+                elif f == "ZsRtd":
+                    zs_rtd = parse_number(v)
+                elif f == "ZsAvg":
+                    zs_avg = parse_number(v)
+                elif f == "ZsMin":
+                    zs_min = parse_number(v)
+                elif f == "ZsMax":
+                    zs_max = parse_number(v)
+                elif f == "EFlag":
+                    eflag = v
+                elif f == "SampleTime":
+                    sample = _time_or_none(v, utc_offset_us)
+                elif f == "Info":
+                    if pol_id is None:
+                        pol_id = packet.cp.get("PolId", "")
+                    infos.append(
+                        InfoRow(data_time, mn, cn, pol_id, code, v, parse_number(v), received)
+                    )
+                    continue
+                elif f in {"RS", "RT"}:
+                    statuses.append(
+                        StatusRow(data_time, mn, cn, code, f, v, parse_number(v), received)
+                    )
+                    continue
+                else:
+                    if extra is None:
+                        extra = {}
+                    extra[f] = v
+                raw = f"{f}={v}" if raw is None else f"{raw},{f}={v}"
+            if raw is None:
                 continue
-            row = reading_row(
-                data_time,
-                mn,
-                cn,
-                code,
-                normalise(code, st),
-                fields,
-                received,
-                utc_offset_us,
+            readings.append(
+                new_row(
+                    ReadingRow,
+                    (
+                        data_time,
+                        mn,
+                        cn,
+                        code,
+                        normalise(code, st),
+                        rtd,
+                        avg,
+                        min_,
+                        max_,
+                        cou,
+                        zs_rtd,
+                        zs_avg,
+                        zs_min,
+                        zs_max,
+                        flag,
+                        eflag,
+                        sample,
+                        None if extra is None else _json(extra),
+                        raw,
+                        received,
+                    ),
+                )
             )
-            if row is not None:
-                readings.append(row)
 
     if cn == _RESTART_CN:
         restart = packet.cp.get("RestartTime")
@@ -225,3 +192,7 @@ def entry_for_packet(
             )
 
     return Entry(frame, readings, infos, statuses)
+
+
+def _json(fields: dict[str, str]) -> str:
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
