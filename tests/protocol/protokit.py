@@ -58,7 +58,10 @@ def feed_bytewise(data: bytes, **kwargs: Any) -> list[Any]:
 
 
 def summary(records: Sequence[Frame | Rejected], *, lenient: bool = True) -> list[tuple[Any, ...]]:
-    """A comparable digest: ("F", cn, quirks, offset) or ("R", reason, variant, offset, consumed)."""
+    """A comparable digest of records.
+
+    ("F", cn, quirks, offset) per frame, ("R", reason, variant, offset, consumed) per reject.
+    """
     result: list[tuple[Any, ...]] = []
     for r in records:
         if isinstance(r, Frame):

@@ -148,7 +148,8 @@ def test_every_a1_upload_gets_9014_with_its_qn() -> None:
         assert reply_packet.mn == packet.mn
         assert packet.flag is not None
         assert reply_packet.flag == packet.flag & ~3
-        assert reply_packet.cp == {} and reply_packet.data == {}
+        assert reply_packet.cp == {}
+        assert reply_packet.data == {}
 
 
 def test_no_reply_without_ack_bit() -> None:
