@@ -20,6 +20,11 @@ and ``maintain`` also runs those jobs in the foreground (background policy jobs 
 on some PostgreSQL minor releases). On plain PostgreSQL ``hj212.frame`` has native daily
 range partitions on ``received_at``, created ahead (and on demand when a batch lands
 past them) and dropped by ``maintain`` after ``frame_retention_days``.
+
+Connections: the staging tables are per-connection temporary tables created when the pool
+opens a connection, so the store needs direct connections or session pooling; a
+transaction-pooling PgBouncer would hand a batch a connection without them (and breaks
+asyncpg's prepared statements anyway, ecosystem.md section 4.7).
 """
 
 from __future__ import annotations
@@ -552,6 +557,9 @@ class PostgresStore:
                 if not fresh:
                     async with conn.transaction():
                         counts = await self._upsert(conn, frames, readings, infos, statuses)
+        except StorageError as err:
+            self._stats.write_errors[err.kind] = self._stats.write_errors.get(err.kind, 0) + 1
+            raise
         except Exception as exc:
             err = map_error(exc, "write")
             self._stats.write_errors[err.kind] = self._stats.write_errors.get(err.kind, 0) + 1
