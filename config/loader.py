@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from config.settings import Settings
@@ -38,8 +39,6 @@ def load_settings(
     ``overrides`` is nested like the TOML file: ``{"listen": {"port": 0}}``.
     Raises ConfigError with one line per problem (values are never echoed).
     """
-    from pydantic import ValidationError
-
     file_data: dict[str, Any] = {}
     if config_file is not None:
         try:

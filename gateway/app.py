@@ -16,18 +16,25 @@ import datetime as dt
 import signal
 import socket
 from collections.abc import Coroutine
+from types import ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from gateway.hub import SWEEP_INTERVAL_S, Hub
 from gateway.http import MetricsServer
+from gateway.hub import SWEEP_INTERVAL_S, Hub
 from gateway.logs import configure_logging, get_logger
 from gateway.metrics import Metrics
 from protocol import CrcVariant, Quirk, RejectReason, known_cns, known_sts
-from storage import BatchWriter, Store, open_store
+from storage import BatchWriter, StorageError, Store, open_store
+
+uvloop: ModuleType | None
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - not available on Windows
+    uvloop = None
 
 # How often the database is pinged while no batch proves it alive (readiness).
 PING_INTERVAL_S = 5.0
@@ -142,7 +149,7 @@ class Gateway:
             self.server.close()  # stop accepting; open connections stay
         if hub is not None:
             hub.draining = True
-            hub.pause_all()
+            hub.pause_all(shutdown=True)
         left = 0
         if writer is not None:
             left = await writer.stop(self.settings.shutdown.drain_timeout_s)
@@ -259,9 +266,11 @@ def run(settings: Settings, *, worker: int = 0) -> int:
     configure_logging(settings.log.level, settings.log.format)
     gateway = Gateway(settings, worker=worker)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(gateway.run_until_signal())
-    else:
-        uvloop.run(gateway.run_until_signal())
+        if uvloop is None:  # pragma: no cover - uvloop is a dependency on Linux
+            asyncio.run(gateway.run_until_signal())
+        else:
+            uvloop.run(gateway.run_until_signal())
+    except StorageError as exc:
+        gateway.log.error("cannot start: storage unavailable", error=str(exc))
+        return 1
     return 0

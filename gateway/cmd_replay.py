@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from gateway.settings_cli import add_config_flag, add_storage_flags, settings_from
 from protocol import FrameBuffer, Packet, ProtocolError, decode_segment, reply_for
+from storage import open_store
 
 EPILOG = """\
 examples:
@@ -122,8 +124,6 @@ def _parse_target(text: str) -> tuple[str, int]:
 
 
 async def _load_from_db(args: argparse.Namespace) -> list[bytes]:
-    from storage import open_store
-
     settings = settings_from(args)
     if settings is None:
         raise ValueError("invalid configuration")
@@ -143,7 +143,13 @@ async def _load_from_db(args: argparse.Namespace) -> list[bytes]:
 
 
 async def _connection(
-    host: str, port: int, items: list[_Item], pacer: _Pacer, summary: _Summary, timeout: float
+    host: str,
+    port: int,
+    items: list[_Item],
+    *,
+    pacer: _Pacer,
+    summary: _Summary,
+    reply_timeout_s: float,
 ) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port)
@@ -189,18 +195,14 @@ async def _connection(
             summary.bytes_sent += len(item.data)
         sending_finished = True
         if waiting:
-            try:
-                await asyncio.wait_for(done.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), reply_timeout_s)
     except OSError as exc:
         summary.errors.append(f"send: {exc}")
     finally:
         reader_task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, OSError):
             await reader_task
-        except (asyncio.CancelledError, OSError):
-            pass
         writer.close()
 
 
@@ -240,7 +242,13 @@ async def replay(
         lanes[zlib.crc32(mn.encode()) % len(lanes)].append(_Item(data, mn, expect))
     pacer = _Pacer(rate)
     await asyncio.gather(
-        *(_connection(host, port, lane, pacer, summary, reply_timeout) for lane in lanes if lane)
+        *(
+            _connection(
+                host, port, lane, pacer=pacer, summary=summary, reply_timeout_s=reply_timeout
+            )
+            for lane in lanes
+            if lane
+        )
     )
     return summary
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from gateway.app import run
 from gateway.settings_cli import add_config_flag, add_storage_flags, settings_from
 
 EPILOG = """\
@@ -42,6 +43,4 @@ def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if settings is None:
         return 2
-    from gateway.app import run
-
     return run(settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from protocol import Frame, FrameBuffer
 
@@ -22,13 +22,15 @@ class DeviceConnection(asyncio.Protocol):
     """State of one TCP connection from a DAU (or from anything else that connects)."""
 
     __slots__ = (
+        "archive_refill_at",
+        "archive_tokens",
         "bytes_in",
         "bytes_without_frame",
         "close_reason",
         "closed",
         "conn_id",
-        "frames",
         "framer",
+        "frames",
         "hub",
         "ip",
         "last_rx",
@@ -39,8 +41,6 @@ class DeviceConnection(asyncio.Protocol):
         "rejects",
         "rejects_in_a_row",
         "transport",
-        "archive_tokens",
-        "archive_refill_at",
     )
 
     def __init__(self, hub: Hub, conn_id: int) -> None:
@@ -67,8 +67,8 @@ class DeviceConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.ip = str(peername[0])

@@ -342,23 +342,33 @@ class Hub:
         current, self.presence = self.presence, {}
         return [
             PresenceRow(
-                mn, p.first_seen_us, p.last_seen_us, p.last_data_time_us, p.peer,
-                self.worker, p.version, p.frames, p.rejects,
-            )  # fmt: skip
+                mn,
+                p.first_seen_us,
+                p.last_seen_us,
+                p.last_data_time_us,
+                p.peer,
+                self.worker,
+                p.version,
+                p.frames,
+                p.rejects,
+            )
             for mn, p in current.items()
         ]
 
     # -- flow control ---------------------------------------------------------------------
 
-    def pause_all(self) -> None:
-        """High water: stop reading on every connection; TCP then slows the devices."""
+    def pause_all(self, *, shutdown: bool = False) -> None:
+        """High water (or shutdown): stop reading on every connection; TCP then slows the
+        devices."""
         if self.paused:
             return
         self.paused = True
         for conn in self.connections:
             conn.pause()
-        self.log.warning("write queue above high water; reading paused",
-                         connections=len(self.connections))  # fmt: skip
+        if not shutdown:
+            self.log.warning(
+                "write queue above high water; reading paused", connections=len(self.connections)
+            )
 
     def resume_all(self) -> None:
         """Low water: resume reading in slices of RESUME_SLICE connections per tick."""
@@ -429,4 +439,3 @@ def _first_data_time(entry: Entry) -> int | None:
     if entry.statuses:
         return entry.statuses[0].data_time_us
     return None
-

@@ -160,7 +160,10 @@ class Metrics:
             "hj212_rejects", "Rejected frames and byte runs, by reason.", ["reason"], registry=r
         )
         self.quirks = Counter(
-            "hj212_quirks", "Accepted deviations from the standard, by quirk.", ["quirk"], registry=r
+            "hj212_quirks",
+            "Accepted deviations from the standard, by quirk.",
+            ["quirk"],
+            registry=r,
         )
         self.crc_variants = Counter(
             "hj212_crc_variant",

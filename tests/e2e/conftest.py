@@ -1,0 +1,70 @@
+"""Fixtures that run a real gateway in-process on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import uvloop
+
+from config import Settings, load_settings
+from gateway.app import Gateway
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every end-to-end test runs on the default loop and on uvloop (what ``serve`` uses)."""
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def gateway_settings(storage: dict[str, Any], **sections: dict[str, Any]) -> Settings:
+    """Settings for a test gateway: loopback, free ports, short linger, given storage."""
+    overrides: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "storage": {"linger_ms": 20, "presence_interval_s": 0.2, **storage},
+        "log": {"level": "warning", "format": "json"},
+    }
+    for name, values in sections.items():
+        overrides[name] = {**overrides.get(name, {}), **values}
+    return load_settings(None, overrides)
+
+
+@pytest.fixture
+async def clean_pg(pg_dsn: str) -> AsyncIterator[str]:
+    """The run's database with the hj212 schema dropped before the test."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("DROP SCHEMA IF EXISTS hj212 CASCADE")
+    finally:
+        await conn.close()
+    return pg_dsn
+
+
+GatewayFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[GatewayFactory]:
+    """``await start_gateway(settings)`` -> a started Gateway, stopped after the test."""
+    started: list[Gateway] = []
+
+    async def _start(settings: Settings) -> Gateway:
+        gw = Gateway(settings)
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield _start
+    for gw in started:
+        await gw.stop()
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> str:
+    return str(tmp_path / "gw.sqlite3")
