@@ -139,6 +139,8 @@ class Hub:
         if conn not in self.connections:
             return  # refused at accept time: never counted as open
         self.connections.discard(conn)
+        for rejected in conn.framer.close():  # a frame cut off by the close
+            self.metrics.rejects.labels(rejected.reason.value).inc()
         left = self.per_ip.get(conn.ip, 1) - 1
         if left > 0:
             self.per_ip[conn.ip] = left
@@ -399,15 +401,15 @@ class Hub:
         partial_before = now - listen.partial_frame_timeout_s
         wall_us: int | None = None
         for conn in list(self.connections):
-            if conn.last_rx < idle_before:
-                conn.close("idle_timeout", abort=True)
-            elif conn.partial_since is not None and conn.partial_since < partial_before:
+            if conn.partial_since is not None and conn.partial_since < partial_before:
                 conn.partial_since = None
                 rejected = conn.framer.discard_partial()
                 if rejected is not None:
                     if wall_us is None:
                         wall_us = time.time_ns() // 1000
                     self.on_rejected(conn, rejected, now, wall_us)
+            if conn.last_rx < idle_before and not conn.closed:
+                conn.close("idle_timeout", abort=True)
 
 
 class _ReplyLater:

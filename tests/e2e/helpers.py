@@ -77,6 +77,11 @@ class Device:
                 line, buf = buf.split(b"\r\n", 1)
                 self.replies.append(line + b"\r\n")
 
+    def stop_reader(self) -> None:
+        """Stop collecting replies, so a test can read the raw stream (e.g. wait for EOF)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def send(self, data: bytes, *, dribble: bool = False) -> None:
         if dribble:
             for i in range(len(data)):
