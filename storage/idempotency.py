@@ -4,8 +4,8 @@ A resent or backfilled packet must add no row (design.md section 4), but the ups
 guarantees it runs at about half the rate of a plain COPY (performance.md section 4). Most
 batches cannot hold a duplicate: devices send each record once, in time order. The
 ``Watermark`` remembers, per (mn, cn), the newest ``data_time`` this process has committed;
-a batch whose value rows are all newer than that and whose keys are unique within the
-batch goes by plain insert. Anything else (a resend, a backfill, split parts spread over
+a batch whose value rows are all newer than that, each (mn, cn, data_time) slot coming
+from one entry, goes by plain insert. Anything else (a resend, a backfill, split parts spread over
 two batches, the first batch after a restart that another process already wrote) takes the
 idempotent path, and a plain insert that still hits a unique key is redone by it.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, TypeVar, cast
 
-from storage.base import InfoRow, PresenceRow, ReadingRow, StatusRow
+from storage.base import Entry, PresenceRow
 
 MAX_WATERMARK_KEYS: Final = 1_000_000
 """(mn, cn) pairs remembered. A 12,000-device fleet uses ~12,000 x 6 CNs = 72,000; past the
@@ -40,53 +40,44 @@ class Watermark:
     def __len__(self) -> int:
         return len(self._newest)
 
-    def check(
-        self,
-        readings: Sequence[ReadingRow],
-        infos: Sequence[InfoRow],
-        statuses: Sequence[StatusRow],
-    ) -> tuple[bool, dict[tuple[str, int], int]]:
+    def check(self, entries: Sequence[Entry]) -> tuple[bool, dict[tuple[str, int], int]]:
         """(fresh, newest data_time per (mn, cn) in the batch).
 
-        ``fresh``: every row is newer than the watermark and every key is unique within
-        the batch, so plain inserts cannot meet an existing row written by this process.
+        ``fresh``: every value row is newer than the watermark and no (table, mn, cn,
+        data_time) slot appears in two entries, so plain inserts cannot meet a row this
+        process wrote. Within one entry's run of a slot the codes are taken as unique
+        (``storage.rows`` builds them from one dict per record); were they not, the plain
+        insert meets the unique key and the store redoes the batch by the idempotent
+        path: a wrong guess costs time, never a row. Checking slots instead of keys
+        keeps the per-row cost to a few comparisons.
         """
         newest = self._newest
         maxima: dict[tuple[str, int], int] = {}
+        slots: dict[tuple[int, str, int, int], int] = {}
         fresh = True
-        # Rows of one packet are contiguous and share (mn, cn): look the group up once.
-        for rows, width in ((readings, 4), (infos, 5), (statuses, 5)):
-            if not rows:
-                continue
-            seen: set[tuple[object, ...]] = set()
-            add = seen.add
-            cur_mn: str | None = None
-            cur_cn = 0
-            floor = _NEVER
-            top = _NEVER
-            for r in rows:
-                t = r[0]
-                mn = r[1]
-                cn = r[2]
-                if mn != cur_mn or cn != cur_cn:
-                    if cur_mn is not None and top > maxima.get((cur_mn, cur_cn), _NEVER):
-                        maxima[(cur_mn, cur_cn)] = top
-                    cur_mn = mn
-                    cur_cn = cn
-                    floor = newest.get((mn, cn), _NEVER)
-                    top = _NEVER
-                top = max(top, t)
-                if fresh:
+        for index, entry in enumerate(entries):
+            for tag, rows in ((0, entry.readings), (1, entry.infos), (2, entry.statuses)):
+                cur_mn: str | None = None
+                cur_cn = 0
+                cur_t = _NEVER
+                floor = _NEVER
+                for r in rows:
+                    t = r[0]
+                    mn = r[1]
+                    cn = r[2]
+                    if t == cur_t and cn == cur_cn and mn == cur_mn:
+                        continue
+                    if cn != cur_cn or mn != cur_mn:
+                        cur_mn = mn
+                        cur_cn = cn
+                        floor = newest.get((mn, cn), _NEVER)
+                    cur_t = t
                     if t <= floor:
                         fresh = False
-                    else:
-                        key = r[:width]
-                        if key in seen:
-                            fresh = False
-                        else:
-                            add(key)
-            if cur_mn is not None and top > maxima.get((cur_mn, cur_cn), _NEVER):
-                maxima[(cur_mn, cur_cn)] = top
+                    if slots.setdefault((tag, mn, cn, t), index) != index:
+                        fresh = False
+                    if t > maxima.get((mn, cn), _NEVER):
+                        maxima[(mn, cn)] = t
         return fresh, maxima
 
     def advance(self, maxima: dict[tuple[str, int], int]) -> None:

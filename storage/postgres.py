@@ -535,7 +535,7 @@ class PostgresStore:
         readings = [r for e in entries for r in e.readings]
         infos = [r for e in entries for r in e.infos]
         statuses = [r for e in entries for r in e.statuses]
-        fresh, maxima = self._watermark.check(readings, infos, statuses)
+        fresh, maxima = self._watermark.check(entries)
         counts: dict[str, tuple[int, int, int]] = {}
         try:
             async with asyncio.timeout(self._write_timeout_s), pool.acquire() as conn:

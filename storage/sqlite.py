@@ -389,7 +389,7 @@ class SqliteStore:
         readings = [r for e in entries for r in e.readings]
         infos = [r for e in entries for r in e.infos]
         statuses = [r for e in entries for r in e.statuses]
-        fresh, maxima = self._watermark.check(readings, infos, statuses)
+        fresh, maxima = self._watermark.check(entries)
 
         def write() -> tuple[bool, dict[str, tuple[int, int, int]]]:
             db = self._db()

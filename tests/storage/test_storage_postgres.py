@@ -267,22 +267,34 @@ async def test_plain_copy_only_for_batches_that_cannot_hold_duplicates(
     await store.write([rt("A", "20240315103000", RECEIVED), rt("B", "20240315103000", RECEIVED)])
     await store.write([rt("A", "20240315103030", RECEIVED + 30)])  # newer: plain
     assert (store.stats().batches_copy, store.stats().batches_upsert) == (2, 0)
-    # Split parts of one record (same DataTime, other codes) in one batch: still plain.
+    # A slot (mn, cn, DataTime) in two entries of one batch (split parts of one record, a
+    # quick resend) is not judged: upsert path, whatever the codes.
     part1 = entry(packet("2061", "20240315090000", {"w01018": {"Avg": "1"}}, mn="A"), RECEIVED)
     part2 = entry(packet("2061", "20240315090000", {"w21003": {"Avg": "2"}}, mn="A"), RECEIVED)
     await store.write([part1, part2])
-    assert (store.stats().batches_copy, store.stats().batches_upsert) == (3, 0)
+    assert (store.stats().batches_copy, store.stats().batches_upsert) == (2, 1)
     # A backfilled (older) record takes the upsert path even though it is new.
     await store.write([rt("A", "20240315102930", RECEIVED + 60)])
-    assert (store.stats().batches_copy, store.stats().batches_upsert) == (3, 1)
+    assert (store.stats().batches_copy, store.stats().batches_upsert) == (2, 2)
     # The same key twice in one batch: upsert path.
     await store.write([rt("C", "20240315103000", RECEIVED), rt("C", "20240315103000", RECEIVED)])
-    assert (store.stats().batches_copy, store.stats().batches_upsert) == (3, 2)
+    assert (store.stats().batches_copy, store.stats().batches_upsert) == (2, 3)
     # Frames only (a rejected frame, a heartbeat): plain.
     await store.write([Entry(frame(None, RECEIVED, ok=False))])
     stats = store.stats()
-    assert (stats.batches_copy, stats.batches_upsert, stats.fallbacks) == (4, 2, 0)
+    assert (stats.batches_copy, stats.batches_upsert, stats.fallbacks) == (3, 3, 0)
     assert stats.rows_written["reading"] == 2 + 2 + 2 + 2 + 2 + 2
+
+
+async def test_duplicate_codes_within_one_entry_fall_back(store: PostgresStore) -> None:
+    # Two records with the same DataTime in one packet (a non-standard device) repeat a
+    # code inside one entry: the plain COPY meets the key and the batch is redone.
+    e = entry(realtime("D", "20240315103000", {"w01018": "1"}), RECEIVED)
+    doubled = Entry(e.frame, [*e.readings, e.readings[0]._replace(rtd=2.0)])
+    await store.write([doubled])
+    stats = store.stats()
+    assert (stats.fallbacks, stats.batches_copy, stats.batches_upsert) == (1, 0, 1)
+    assert (stats.rows_revised, stats.rows_written["reading"]) == (1, 2)
 
 
 async def test_unique_violation_on_plain_path_falls_back_to_upsert(
