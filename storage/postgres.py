@@ -527,6 +527,10 @@ class PostgresStore:
 
     # -- writes ------------------------------------------------------------------------
 
+    def _count_error(self, err: StorageError) -> None:
+        errors = self._stats.write_errors
+        errors[err.kind] = errors.get(err.kind, 0) + 1
+
     async def write(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
@@ -557,13 +561,13 @@ class PostgresStore:
                 if not fresh:
                     async with conn.transaction():
                         counts = await self._upsert(conn, frames, readings, infos, statuses)
-        except StorageError as err:
-            self._stats.write_errors[err.kind] = self._stats.write_errors.get(err.kind, 0) + 1
+        except StorageError as known:
+            self._count_error(known)
             raise
         except Exception as exc:
-            err = map_error(exc, "write")
-            self._stats.write_errors[err.kind] = self._stats.write_errors.get(err.kind, 0) + 1
-            raise err from exc
+            mapped = map_error(exc, "write")
+            self._count_error(mapped)
+            raise mapped from exc
         self._watermark.advance(maxima)
         written = self._stats.rows_written
         written["frame"] = written.get("frame", 0) + len(frames)
@@ -637,9 +641,9 @@ class PostgresStore:
             async with asyncio.timeout(self._write_timeout_s):
                 await pool.execute(_PRESENCE_SQL, *columns)
         except Exception as exc:
-            err = map_error(exc, "presence")
-            self._stats.write_errors[err.kind] = self._stats.write_errors.get(err.kind, 0) + 1
-            raise err from exc
+            mapped = map_error(exc, "presence")
+            self._count_error(mapped)
+            raise mapped from exc
         written = self._stats.rows_written
         written["presence"] = written.get("presence", 0) + len(merged)
 
