@@ -284,7 +284,7 @@ async def test_poison_row_bisected_on_postgresql(pg_migrated_dsn: str) -> None:
 async def _wait_for(condition: Callable[[], bool]) -> None:
     """Poll until ``condition`` holds; fails only if it never does within WAIT_S."""
     async with asyncio.timeout(WAIT_S):
-        while not condition():  # noqa: ASYNC110 (state owned by other code: nothing to await)
+        while not condition():
             await asyncio.sleep(0.01)
 
 
