@@ -50,6 +50,10 @@ class ListenConfig(_Section):
     """Rejected frames in a row before the connection is closed."""
     reuse_port: bool = False
     """Set SO_REUSEPORT (several worker processes on one port)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Worker processes sharing the port (SO_REUSEPORT) under one supervisor. One process
+    may open at most 20,000 files here, so fleets beyond ~19,000 devices need several;
+    more workers than cores only add context switches."""
 
 
 class ProtocolConfig(_Section):

@@ -15,7 +15,7 @@ import contextlib
 import datetime as dt
 import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -174,8 +174,10 @@ class Gateway:
             await store.close()
         self.log.info("gateway stopped", rows_unwritten=left)
 
-    async def run_until_signal(self) -> None:
+    async def run_until_signal(self, on_started: Callable[[], None] | None = None) -> None:
         await self.start()
+        if on_started is not None:
+            on_started()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -261,15 +263,24 @@ class Gateway:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
 
-def run(settings: Settings, *, worker: int = 0) -> int:
-    """Run one worker until SIGTERM/SIGINT, on uvloop when it is installed."""
+def run(settings: Settings) -> int:
+    """Run the gateway until SIGTERM/SIGINT: in this process, or as ``listen.workers``
+    processes under a supervisor."""
+    if settings.listen.workers > 1:
+        from gateway.supervisor import run_supervisor  # noqa: PLC0415 - avoids a cycle
+
+        return run_supervisor(settings, settings.listen.workers)
     configure_logging(settings.log.level, settings.log.format)
-    gateway = Gateway(settings, worker=worker)
+    return run_gateway(Gateway(settings))
+
+
+def run_gateway(gateway: Gateway, on_started: Callable[[], None] | None = None) -> int:
+    """Run one gateway until SIGTERM/SIGINT, on uvloop when it is installed."""
     try:
         if uvloop is None:  # pragma: no cover - uvloop is a dependency on Linux
-            asyncio.run(gateway.run_until_signal())
+            asyncio.run(gateway.run_until_signal(on_started))
         else:
-            uvloop.run(gateway.run_until_signal())
+            uvloop.run(gateway.run_until_signal(on_started))
     except StorageError as exc:
         gateway.log.error("cannot start: storage unavailable", error=str(exc))
         return 1

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="device port (default 2121; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, help="metrics/health port (default 9212)")
+    p.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (default 1; SO_REUSEPORT)"
+    )
     add_storage_flags(p)
     p.add_argument("--ack-policy", choices=["durable", "on_receive"])
     p.add_argument("--auth-policy", choices=["open", "registry", "quarantine"])

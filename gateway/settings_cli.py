@@ -12,6 +12,7 @@ from config import ConfigError, Settings, load_settings
 _FLAG_KEYS: dict[str, tuple[str, str]] = {
     "host": ("listen", "host"),
     "port": ("listen", "port"),
+    "workers": ("listen", "workers"),
     "dsn": ("storage", "dsn"),
     "sqlite_path": ("storage", "sqlite_path"),
     "metrics_port": ("metrics", "port"),
