@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.settings_cli import add_config_flag, add_storage_flags, settings_from
+from gateway.settings_cli import add_config_flag, settings_from
 from storage.base import StorageError
 from storage.roster import ImportCounts, connect, import_roster
 from storage.roster_csv import RosterFileError, RosterParse, parse_roster
@@ -87,13 +87,22 @@ def register_import(actions: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--dry-run", action="store_true", help="check the file; write nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_flag(p)
-    add_storage_flags(p)
+    add_dsn_flag(p)
     p.set_defaults(func=_run_import)
 
 
 ACTIONS: Final[dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]] = {
     "import": register_import,
 }
+
+
+def add_dsn_flag(p: argparse.ArgumentParser) -> None:
+    """``--dsn`` (settings key ``storage.dsn``): the roster and its reports live in
+    PostgreSQL, so the SQLite flags of other commands do not apply here."""
+    p.add_argument(
+        "--dsn",
+        help="PostgreSQL DSN (default: storage.dsn from --config or HJ212_STORAGE__DSN)",
+    )
 
 
 def _error(message: str) -> int:

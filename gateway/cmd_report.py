@@ -23,6 +23,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from config import Settings
+from gateway.cmd_device import add_dsn_flag
 from gateway.report_html import coverage_html, progress_html, quality_html
 from gateway.report_rows import coverage_doc, progress_doc, quality_doc
 from gateway.report_text import (
@@ -33,7 +34,7 @@ from gateway.report_text import (
     quality_csv,
     quality_table,
 )
-from gateway.settings_cli import add_config_flag, add_storage_flags, settings_from
+from gateway.settings_cli import add_config_flag, settings_from
 from storage.base import StorageError
 from storage.roster import (
     connect,
@@ -161,7 +162,7 @@ def _common(p: argparse.ArgumentParser, *, city: bool = True) -> None:
     if city:
         p.add_argument("--city", help="one city only (e.g. 南京市, or 'unknown')")
     add_config_flag(p)
-    add_storage_flags(p)
+    add_dsn_flag(p)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -13,6 +13,7 @@ each always present (0 when empty), so a series never disappears.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,9 +21,14 @@ from typing import Any, Final
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from storage.roster import coverage_at, now_us
+from storage.roster import fetch_coverage_inputs, now_us
 from storage.roster_ref import UNKNOWN_CITY, Reference, load_reference
-from storage.roster_report import DEFAULT_SILENT_HOURS, CoverageCounts, CoverageReport
+from storage.roster_report import (
+    DEFAULT_SILENT_HOURS,
+    CoverageCounts,
+    CoverageReport,
+    compute_coverage,
+)
 
 __all__ = ["COVERAGE_REFRESH_S", "CoverageCache", "CoverageCollector", "CoverageSnapshot"]
 
@@ -57,8 +63,18 @@ class CoverageCache:
         """Recompute from the database (an asyncpg pool or connection); on failure the
         previous snapshot stays, and its age gauge shows it is getting old."""
         at = self._clock()
-        report = await coverage_at(
-            conn_or_pool, as_of_us=at, silent_hours=self._silent_hours, ref=self._ref
+        roster, sightings = await fetch_coverage_inputs(
+            conn_or_pool, as_of_us=at, silent_hours=self._silent_hours
+        )
+        # Counting 12,000 devices takes ~0.15 s of CPU: off the event loop, so replies to
+        # devices are not held up meanwhile.
+        report = await asyncio.to_thread(
+            compute_coverage,
+            roster,
+            sightings,
+            self._ref,
+            as_of_us=at,
+            silent_hours=self._silent_hours,
         )
         self._snapshot = CoverageSnapshot(at, report)
 

@@ -262,7 +262,13 @@ def coverage_html(doc: dict[str, Any]) -> str:
             target_key="target",
         ),
         "<h2>监测点 MNs per city</h2>",
-        _legend([("full", "在线 online"), ("never", "从未联网 never connected")]),
+        _legend(
+            [
+                ("full", "在线 online"),
+                ("never", "从未联网 never connected"),
+                ("rest", "离线 offline"),
+            ]
+        ),
         _stacked_chart(
             "chart-mns",
             cities,
