@@ -8,8 +8,10 @@ decode ``timestamptz`` as integers (storage/postgres.py).
 
 Evaluating at a past time T (``as_of_us``): presence keeps only the latest frame time of
 each MN, so for the MNs seen after T the last frame at or before T is looked up in the
-frame archive (``hj212.frame``, indexed by (mn, received_at)), within the lookback that
-the report needs (24 h, or the silent threshold if longer). Past the archive's retention
+frame archive (``hj212.frame_public``, the archive without raw bytes, indexed by (mn,
+received_at)), within the lookback that the report needs (24 h, or the silent threshold
+if longer). Everything read here is readable by the ``hj212_reader`` role, so reports run
+under it; only the snapshot and the import write. Past the archive's retention
 (``storage.frame_retention_days``) such MNs count as silent since before the lookback.
 
 Schema errors (migrations not applied) surface as ``StorageError`` of kind ``schema``.
@@ -246,7 +248,7 @@ async def fetch_sightings(conn_or_pool: Any, *, as_of_us: int, lookback: int) ->
     """
     archive_sql = f"""
         SELECT mn, {_us("max(received_at)")}
-        FROM hj212.frame
+        FROM hj212.frame_public
         WHERE mn = ANY($1::text[]) AND received_at > {_ts("$2")} AND received_at <= {_ts("$3")}
         GROUP BY mn
     """

@@ -15,7 +15,8 @@ import asyncpg
 import pytest
 from rosterkit import T_ISO, T, add_readings, build_scenario, main, mn
 
-from storage.roster import fetch_snapshots, take_daily_snapshot
+from storage.base import StorageError
+from storage.roster import coverage_at, fetch_snapshots, take_daily_snapshot
 
 COUNT_FIELDS = (
     "target",
@@ -257,3 +258,22 @@ def test_quality_numbers(scenario: str, capsys: pytest.CaptureFixture[str]) -> N
     assert mns[mn("SQ02")] == (1, 0, 0, None, 0, 0, None, 5, 0, 0.0)
     assert "UNK1" not in mns
     assert len(mns) == 17
+
+
+def test_reports_under_the_read_only_role(scenario: str) -> None:
+    """hj212_reader reads everything a report needs (the archive through frame_public);
+    writing a snapshot is refused as a permission error."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(scenario)
+        try:
+            await conn.execute("SET ROLE hj212_reader")
+            report = await coverage_at(conn, as_of_us=T)
+            assert report.province.mns_online == 9
+            with pytest.raises(StorageError) as info:
+                await take_daily_snapshot(conn, dt.date(2024, 3, 15), at_us=T)
+            assert info.value.kind == "permission"
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
