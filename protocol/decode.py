@@ -14,11 +14,12 @@ one replace + split of the data area and two ``partition`` calls per item.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from protocol.codes import get_profile
 from protocol.errors import ProtocolError, Quirk, RejectReason
-from protocol.records import CrcVariant, Frame, Packet, Record
+from protocol.records import CrcVariant, Frame, Packet, Record, new_packet, new_record
 from protocol.values import TIME_FIELDS, parse_time_us
 
 __all__ = ["decode", "decode_segment"]
@@ -29,6 +30,7 @@ _LOWER_KEYS: Final = {"qn": "QN", "st": "ST", "cn": "CN", "pw": "PW", "mn": "MN"
 _LOWER_KEYS.update({"pnum": "PNUM", "pno": "PNO"})
 # Longest PNUM/PNO value: 4 digits (HJ 212-2017 Table 3 width 9 incl. "PNUM=").
 _MAX_PNUM_DIGITS: Final = 4
+_NO_TIMES: Final[frozenset[str]] = frozenset()
 
 
 def decode(frame: Frame, *, lenient: bool = True) -> Packet:
@@ -42,15 +44,12 @@ def decode(frame: Frame, *, lenient: bool = True) -> Packet:
     )
 
 
-def _text_of(segment: bytes | bytearray | memoryview, quirks: list[Quirk], lenient: bool) -> str:
-    try:
-        return bytes(segment).decode("utf-8")
-    except UnicodeDecodeError:
-        pass
+def _text_of(segment: bytes, quirks: list[Quirk], lenient: bool) -> str:
+    """Text of a segment that is not UTF-8: GBK/GB18030 (lenient), else BAD_ENCODING."""
     if not lenient:
         raise ProtocolError(RejectReason.BAD_ENCODING, "segment is not UTF-8")
     try:
-        text = bytes(segment).decode("gb18030")
+        text = segment.decode("gb18030")
     except UnicodeDecodeError:
         raise ProtocolError(RejectReason.BAD_ENCODING, "neither UTF-8 nor GBK") from None
     quirks.append(Quirk.GBK_TEXT)
@@ -112,7 +111,12 @@ def decode_segment(
     before ``CP=``, text after the closing ``&&``, GBK text, unknown version bits).
     """
     found: list[Quirk] = list(quirks)
-    text = _text_of(segment, found, lenient)
+    if type(segment) is not bytes:
+        segment = bytes(segment)
+    try:
+        text = segment.decode("utf-8")
+    except UnicodeDecodeError:
+        text = _text_of(segment, found, lenient)
 
     # -- split header / CP -------------------------------------------------------------
     cp_at = text.find(";CP=&&")
@@ -134,12 +138,13 @@ def decode_segment(
     if close < body_start:
         raise ProtocolError(RejectReason.BAD_SEGMENT, "CP not closed by &&")
     body = text[body_start:close]
-    trailer = text[close + 2 :]
-    if trailer.strip(" \t;,"):
-        # e.g. "CP=&&&&;Flag=0" (field-quirks Q18): read the rest as header items.
-        if not lenient:
-            raise ProtocolError(RejectReason.BAD_SEGMENT, "text after the closing &&")
-        head = head + ";" + trailer
+    if close + 2 < len(text):
+        trailer = text[close + 2 :]
+        if trailer.strip(" \t;,"):
+            # e.g. "CP=&&&&;Flag=0" (field-quirks Q18): read the rest as header items.
+            if not lenient:
+                raise ProtocolError(RejectReason.BAD_SEGMENT, "text after the closing &&")
+            head = head + ";" + trailer
 
     # -- header --------------------------------------------------------------------------
     if "," in head:
@@ -147,22 +152,10 @@ def decode_segment(
             raise ProtocolError(RejectReason.BAD_SEGMENT, "',' between header fields")
         found.append(Quirk.HEADER_COMMA)
         head = head.replace(",", ";")
-    header: dict[str, str] = {}
-    spaced = " " in head or "\t" in head
-    for item in head.split(";"):
-        key, eq, value = item.partition("=")
-        if spaced:
-            key2, value2 = key.strip(), value.strip()
-            if key2 != key or value2 != value:
-                found.append(Quirk.WHITESPACE)
-            key, value = key2, value2
-        if not eq:
-            if key:
-                raise ProtocolError(RejectReason.BAD_SEGMENT, f"header item without '=': {key!r}")
-            continue
-        if not key:
-            raise ProtocolError(RejectReason.BAD_SEGMENT, "header item without a key")
-        header[key] = value
+    spaced_head = not head or " " in head or "\t" in head
+    header = None if spaced_head else _fast_pairs(head, ";")
+    if header is None:
+        header = _header_items(head, found)
 
     get = header.get
     if lenient and ("CN" not in header or "MN" not in header or "Flag" not in header):
@@ -208,8 +201,10 @@ def decode_segment(
             version = f"v{bits}"
             found.append(Quirk.UNKNOWN_VERSION)
 
-    pnum = _small_int(get("PNUM"), "PNUM")
-    pno = _small_int(get("PNO"), "PNO")
+    pnum_text = get("PNUM")
+    pno_text = get("PNO")
+    pnum = None if pnum_text is None else _small_int(pnum_text, "PNUM")
+    pno = None if pno_text is None else _small_int(pno_text, "PNO")
 
     # -- CP ------------------------------------------------------------------------------
     cp: dict[str, str] = {}
@@ -220,29 +215,25 @@ def decode_segment(
     current = data
     several = False
     if body:
-        spaced = " " in body or "\t" in body
-        empty = False
-        for token in _tokens(body):
-            key, eq, value = token.partition("=")
-            if spaced:
-                key2, value2 = key.strip(), value.strip()
-                if key2 != key or value2 != value:
-                    found.append(Quirk.WHITESPACE)
-                key, value = key2, value2
-            if not eq:
-                if key:
-                    raise ProtocolError(RejectReason.BAD_SEGMENT, f"CP item without '=': {key!r}")
-                empty = True
-                continue
-            if not key:
-                raise ProtocolError(RejectReason.BAD_SEGMENT, "CP item without a key")
-            if value[:2] == "//" and len(value) >= 4 and value[-2:] == "//":
-                value = value[2:-2]
+        # Field times (``SampleTime``...) are validated; skip the per-field check when the
+        # data area has no time other than DataTime.
+        times = TIME_FIELDS if body.count("Time=") > body.count("DataTime=") else _NO_TIMES
+        pairs: Iterable[tuple[str, str]] | None = None
+        if " " not in body and "\t" not in body and "//" not in body:
+            # Hot path: every token is one key=value, so one replace + split gives
+            # key, value, key, value ... (checked by counting separators).
+            flat = body.replace(",", "=").replace(";", "=").split("=")
+            if len(flat) == 2 * (body.count(";") + body.count(",") + 1):
+                it = iter(flat)
+                pairs = zip(it, it, strict=True)
+        if pairs is None:
+            pairs = _cp_items(body, found)
+        for key, value in pairs:
             code, dash, field = key.partition("-")
             if dash:
                 if not code or not field:
                     raise ProtocolError(RejectReason.BAD_SEGMENT, f"bad CP key {key!r}")
-                if field in TIME_FIELDS and value:
+                if field in times and value:
                     if len(value) == 17:
                         found.append(Quirk.TIME_MS)
                     parse_time_us(value)
@@ -252,6 +243,8 @@ def decode_segment(
                 else:
                     fields[field] = value
                 continue
+            if not key:
+                raise ProtocolError(RejectReason.BAD_SEGMENT, "CP item without a key")
             if key == "DataTime":
                 us = parse_time_us(value)
                 if len(value) == 17:
@@ -261,18 +254,16 @@ def decode_segment(
                     if not several:
                         several = True
                         found.append(Quirk.MULTIPLE_DATATIME)
-                    records.append(Record(record_time, current, record_us))
+                    records.append(new_record(record_time, current, record_us))
                     current = {}
                 record_time, record_us = value, us
-            elif key in TIME_FIELDS and value:
+            elif key in times and value:
                 if len(value) == 17:
                     found.append(Quirk.TIME_MS)
                 parse_time_us(value)
             cp[key] = value
-        if empty:
-            found.append(Quirk.EMPTY_ITEM)
     if record_time is not None or current:
-        records.append(Record(record_time, current, record_us))
+        records.append(new_record(record_time, current, record_us))
     if several:
         data = {}
         for record in records:
@@ -296,7 +287,7 @@ def decode_segment(
                     found.append(Quirk.CODE_ALIAS_COLLISION)
                     break
 
-    return Packet(
+    return new_packet(
         qn,
         st,
         cn,
@@ -318,9 +309,64 @@ def decode_segment(
     )
 
 
-def _small_int(text: str | None, name: str) -> int | None:
-    if text is None:
-        return None
+def _small_int(text: str, name: str) -> int:
     if not (text.isdigit() and text.isascii()) or len(text) > _MAX_PNUM_DIGITS:
         raise ProtocolError(RejectReason.BAD_PNUM, f"{name}={text[:8]!r}")
     return int(text)
+
+
+def _fast_pairs(text: str, sep: str) -> dict[str, str] | None:
+    """``k=v<sep>k=v...`` as a dict when every item has exactly one ``=`` and a key."""
+    flat = text.replace(sep, "=").split("=")
+    if len(flat) != 2 * (text.count(sep) + 1):
+        return None
+    it = iter(flat)
+    items = dict(zip(it, it, strict=True))
+    return None if "" in items else items
+
+
+def _header_items(head: str, found: list[Quirk]) -> dict[str, str]:
+    """The header items one by one: spaces trimmed (recorded), empty items skipped."""
+    header: dict[str, str] = {}
+    spaced = " " in head or "\t" in head
+    for item in head.split(";"):
+        key, eq, value = item.partition("=")
+        if spaced:
+            key2, value2 = key.strip(), value.strip()
+            if key2 != key or value2 != value:
+                found.append(Quirk.WHITESPACE)
+            key, value = key2, value2
+        if not eq:
+            if key:
+                raise ProtocolError(RejectReason.BAD_SEGMENT, f"header item without '=': {key!r}")
+            continue
+        if not key:
+            raise ProtocolError(RejectReason.BAD_SEGMENT, "header item without a key")
+        header[key] = value
+    return header
+
+
+def _cp_items(body: str, found: list[Quirk]) -> list[tuple[str, str]]:
+    """The CP items one by one: log text kept whole and unwrapped, spaces trimmed and
+    empty items skipped (both recorded)."""
+    items: list[tuple[str, str]] = []
+    spaced = " " in body or "\t" in body
+    empty = False
+    for token in _tokens(body):
+        key, eq, value = token.partition("=")
+        if spaced:
+            key2, value2 = key.strip(), value.strip()
+            if key2 != key or value2 != value:
+                found.append(Quirk.WHITESPACE)
+            key, value = key2, value2
+        if not eq:
+            if key:
+                raise ProtocolError(RejectReason.BAD_SEGMENT, f"CP item without '=': {key!r}")
+            empty = True
+            continue
+        if value[:2] == "//" and len(value) >= 4 and value[-2:] == "//":
+            value = value[2:-2]
+        items.append((key, value))
+    if empty:
+        found.append(Quirk.EMPTY_ITEM)
+    return items

@@ -45,7 +45,7 @@ from typing import Final
 
 from protocol.crc import hj212_crc, hj212_crc_units, modbus_crc, swap16
 from protocol.errors import ProtocolError, Quirk, RejectReason
-from protocol.records import CrcVariant, Frame, Rejected
+from protocol.records import CrcVariant, Frame, Rejected, new_frame
 
 __all__ = [
     "DEFAULT_EXCERPT_BYTES",
@@ -97,6 +97,9 @@ _HEX: Final = b"0123456789ABCDEFabcdef"
 _LOWER_HEX: Final = frozenset(b"abcdef")
 _HEX_SET: Final = frozenset(_HEX)
 _AMP2: Final = b"&&"
+_OVERSIZE: Final = (Quirk.OVERSIZE,)
+# "%04X" of every 16-bit value: the fast path compares the CRC text with one lookup.
+_HEX4: Final = tuple(b"%04X" % value for value in range(65536))
 
 # Which reject reason a lenient-only path gets in strict mode; the first quirk of a frame
 # found in this order decides (a malformed CRC field is the most specific).
@@ -128,6 +131,20 @@ class _Match:
         self.quirks = quirks
         self.other = other  # a variant that matched but is not accepted
         self.accepted = variant is not None
+
+
+class _Scan:
+    """Outcome of a tail search: a decided record, or what the first candidates showed."""
+
+    __slots__ = ("first_at", "first_end", "other", "other_end", "record", "stop")
+
+    def __init__(self) -> None:
+        self.record: Frame | Rejected | None = None
+        self.stop = -1
+        self.first_end = -1  # end (after its tail) of the first candidate: a bad frame's extent
+        self.first_at = -1  # where that candidate's tail starts
+        self.other: CrcVariant | None = None  # a non-accepted variant that matched
+        self.other_end = -1
 
 
 class FrameBuffer:
@@ -330,6 +347,13 @@ class FrameBuffer:
         buf = self._buf
         size = len(buf)
         pos = 0
+        base = self._base
+        fast = self._accept_hj
+        # Oversize segments take the fast path only where they are accepted (lenient).
+        fast_max = (
+            self._max_segment if self._lenient else min(self._max_segment, STANDARD_MAX_SEGMENT)
+        )
+        hex4 = _HEX4
         while pos < size:
             if buf[pos] != _HASH or pos + 1 >= size or buf[pos + 1] != _HASH:
                 nxt = buf.find(b"##", pos)
@@ -345,6 +369,32 @@ class FrameBuffer:
             # A "##" ends any run of garbage before it.
             if self._g_count:
                 self._flush_garbage(out)
+            # Fast path: length right, CR LF where it says, upper-case CRC that matches.
+            if fast and pos + 6 <= size:
+                length_field = buf[pos + 2 : pos + 6]
+                if length_field.isdigit():
+                    n = int(length_field)
+                    end = pos + 6 + n
+                    if (
+                        end + 6 <= size
+                        and n <= fast_max
+                        and buf[end + 4] == _CR
+                        and buf[end + 5] == _LF
+                    ):
+                        raw = bytes(buf[pos : end + 6])
+                        segment = raw[6:-6]
+                        if raw[-6:-2] == hex4[hj212_crc(segment)]:
+                            out.append(
+                                new_frame(
+                                    raw,
+                                    segment,
+                                    base + pos,
+                                    CrcVariant.HJ212,
+                                    () if n <= STANDARD_MAX_SEGMENT else _OVERSIZE,
+                                )
+                            )
+                            pos = end + 6
+                            continue
             result = self._frame_at(buf, pos, size, final)
             if result is None:
                 break
@@ -371,24 +421,7 @@ class FrameBuffer:
         length_field = buf[pos + 2 : pos + 6]
         if not (length_field.isdigit()):
             return pos + 1, None
-        n = int(length_field)
-        seg0 = pos + 6
-        end = seg0 + n
-        # Fast path: length right, CR LF where it says, upper-case CRC that matches.
-        if (
-            end + 6 <= size
-            and buf[end + 4] == _CR
-            and buf[end + 5] == _LF
-            and n <= STANDARD_MAX_SEGMENT
-            and n <= self._max_segment
-            and self._accept_hj
-        ):
-            segment = bytes(buf[seg0:end])
-            if buf[end : end + 4] == b"%04X" % hj212_crc(segment):
-                return end + 6, Frame(
-                    bytes(buf[pos : end + 6]), segment, self._base + pos, CrcVariant.HJ212
-                )
-        return self._slow(buf, pos, size, n, final)
+        return self._slow(buf, pos, size, int(length_field), final)
 
     def _slow(
         self, buf: bytearray, pos: int, size: int, n: int, final: bool
@@ -412,46 +445,32 @@ class FrameBuffer:
             and (nxt < 0 or nxt >= end + 4)
         ):
             field = bytes(buf[end : end + 4])
+            match: _Match | None = None
             if _is_hex(field):
                 match = self._match(bytes(buf[seg0:end]), field, n, 2)
                 if match.accepted:
                     return end + 6, self._accept_frame(
                         buf, pos, seg0, end, stop=end + 6, match=match
                     )
-                return end + 6, self._reject(
-                    buf, pos, end + 6, RejectReason.CRC_MISMATCH, variant=match.other
-                )
-            return end + 6, self._reject(buf, pos, end + 6, RejectReason.BAD_CRC_FIELD)
+            # A tail inside the declared segment may end the real frame (fed in pieces,
+            # that frame would have been accepted before the declared end arrived).
+            scan = self._tails(buf, pos, seg0, end + 4, size=size, n=n, final=final)
+            if scan is not None and scan.record is not None:
+                return scan.stop, scan.record
+            if match is None:
+                return end + 6, self._reject(buf, pos, end + 6, RejectReason.BAD_CRC_FIELD)
+            return end + 6, self._reject(
+                buf, pos, end + 6, RejectReason.CRC_MISMATCH, variant=match.other
+            )
 
         # 3. Tail search: CR/LF candidates up to the next "##", then the "##" itself.
-        first_end = -1  # end (after the tail) of the first candidate: the bad frame's extent
-        first_at = -1  # where that candidate's tail starts
-        other: CrcVariant | None = None
-        other_end = -1
-        i = seg0
-        for _ in range(self._max_candidates):
-            lf = buf.find(b"\n", i, region_end)
-            cr = buf.find(b"\r", i, region_end)
-            if cr >= 0 and (lf < 0 or cr < lf):
-                at = cr
-                if cr + 1 >= size:
-                    if not final:
-                        return None  # CR LF may be split between reads
-                    tail = 1
-                else:
-                    tail = 2 if buf[cr + 1] == _LF else 1
-            elif lf >= 0:
-                at, tail = lf, 1
-            else:
-                break
-            if first_end < 0:
-                first_end, first_at = at + tail, at
-            found = self._candidate(buf, pos, seg0, at=at, stop=at + tail, n=n, tail=tail)
-            if isinstance(found, Frame | Rejected):
-                return at + tail, found
-            if found is not None and other is None:
-                other, other_end = found, at + tail
-            i = at + tail
+        scan = self._tails(buf, pos, seg0, region_end, size=size, n=n, final=final)
+        if scan is None:
+            return None  # CR LF may be split between reads
+        if scan.record is not None:
+            return scan.stop, scan.record
+        first_end, first_at = scan.first_end, scan.first_at
+        other, other_end = scan.other, scan.other_end
         boundary = nxt if nxt >= 0 else (size if final and limit == size else -1)
         if boundary >= 0:
             found = self._candidate(buf, pos, seg0, at=boundary, stop=boundary, n=n, tail=0)
@@ -485,6 +504,46 @@ class FrameBuffer:
         else:
             reason = RejectReason.LENGTH_MISMATCH
         return extent, self._reject(buf, pos, extent, reason, f"declared length {n}")
+
+    def _tails(
+        self,
+        buf: bytearray,
+        pos: int,
+        seg0: int,
+        region_end: int,
+        *,
+        size: int,
+        n: int,
+        final: bool,
+    ) -> _Scan | None:
+        """Try the CR/LF bytes in [seg0, region_end) as tails; None means wait for data."""
+        scan = _Scan()
+        i = seg0
+        for _ in range(self._max_candidates):
+            lf = buf.find(b"\n", i, region_end)
+            cr = buf.find(b"\r", i, region_end)
+            if cr >= 0 and (lf < 0 or cr < lf):
+                at = cr
+                if cr + 1 >= size:
+                    if not final:
+                        return None
+                    tail = 1
+                else:
+                    tail = 2 if buf[cr + 1] == _LF else 1
+            elif lf >= 0:
+                at, tail = lf, 1
+            else:
+                break
+            if scan.first_end < 0:
+                scan.first_end, scan.first_at = at + tail, at
+            found = self._candidate(buf, pos, seg0, at=at, stop=at + tail, n=n, tail=tail)
+            if isinstance(found, Frame | Rejected):
+                scan.record, scan.stop = found, at + tail
+                return scan
+            if found is not None and scan.other is None:
+                scan.other, scan.other_end = found, at + tail
+            i = at + tail
+        return scan
 
     def _candidate(
         self,

@@ -80,12 +80,28 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
 # which keeps it bounded whatever dates a device sends.
 DAY_CACHE_ENTRIES: Final = 4096
 _day_cache: dict[str, int] = {}
+# Whole time stamps recently parsed. Devices on the same upload grid share DataTime texts
+# and a replayed or resent packet repeats them; 4,096 entries (~0.5 MB) cover one 30 s
+# round of a large fleet's distinct times, cleared when full like the day cache.
+TIME_CACHE_ENTRIES: Final = 4096
+_time_cache: dict[str, int] = {}
 
 
 def parse_time_us(text: str) -> int:
     """``YYYYMMDDhhmmss`` or ``YYYYMMDDhhmmsszzz`` to microseconds since 1970-01-01,
     reading the wall clock as if it were UTC. Anything else raises
     ``ProtocolError(BAD_TIME)``."""
+    us = _time_cache.get(text)
+    if us is not None:
+        return us
+    us = _parse_time_us(text)
+    if len(_time_cache) >= TIME_CACHE_ENTRIES:
+        _time_cache.clear()
+    _time_cache[text] = us
+    return us
+
+
+def _parse_time_us(text: str) -> int:
     n = len(text)
     if n not in (14, 17) or not text.isdigit() or not text.isascii():
         raise ProtocolError(RejectReason.BAD_TIME, f"not 14 or 17 digits: {text[:20]!r}")
