@@ -119,7 +119,12 @@ def _records(data: bytes, framer_kwargs: dict[str, object]) -> Iterable[Frame | 
             continue
         framer = FrameBuffer(**framer_kwargs)  # type: ignore[arg-type]
         for item in [*framer.feed(stripped + b"\r\n"), *framer.finish()]:
-            yield dataclasses.replace(item, offset=start + item.offset)
+            if isinstance(item, Rejected):
+                # Show only the line's own bytes, not the CR LF added to frame it.
+                own = item.raw[: len(stripped) - item.offset]
+                yield dataclasses.replace(item, raw=own, offset=start + item.offset)
+            else:
+                yield dataclasses.replace(item, offset=start + item.offset)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -159,7 +159,10 @@ def reply_for(
     items.append("CP=&&&&")
     # The echoed values come from a frame that was valid on the wire, so they are safe
     # to write back as they are (no re-validation that could raise here).
-    return encode_frame(";".join(items))
+    try:
+        return encode_frame(";".join(items))
+    except ProtocolError:  # a reply longer than 9,999 bytes: nothing sane to send
+        return None
 
 
 class QnGenerator:
