@@ -131,6 +131,13 @@ class AuthConfig(_Section):
     policy: Literal["open", "registry", "quarantine"] = "open"
     """``open`` stores every device; ``registry`` only registered MNs with the right
     password; ``quarantine`` stores unknown MNs apart until approved."""
+    max_failures: int = Field(5, ge=1)
+    """Refused frames in a row (unknown MN, disabled device, wrong password) before the
+    connection is closed: a DAU resends every 10 s or so, so 5 is about a minute of
+    retries, enough to see the failure in the logs, then the socket is freed."""
+    refresh_s: float = Field(30.0, gt=0)
+    """The registry is re-read this often, so ``hj212-gateway device`` edits apply
+    without a restart."""
 
 
 class MetricsConfig(_Section):

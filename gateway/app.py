@@ -23,12 +23,16 @@ from zoneinfo import ZoneInfo
 from prometheus_client import CollectorRegistry
 
 from config import Settings
+from gateway.coverage_metrics import COVERAGE_REFRESH_S, CoverageCache, CoverageCollector
 from gateway.http import MetricsServer
 from gateway.hub import SWEEP_INTERVAL_S, Hub
 from gateway.logs import configure_logging, get_logger
 from gateway.metrics import Metrics
+from gateway.registry import DeviceRegistry
 from protocol import CrcVariant, Quirk, RejectReason, known_cns, known_sts
 from storage import BatchWriter, StorageError, Store, open_store
+from storage.postgres import PostgresStore
+from storage.roster import ensure_snapshot
 
 uvloop: ModuleType | None
 try:
@@ -68,6 +72,7 @@ class Gateway:
         self.store: Store | None = None
         self.writer: BatchWriter | None = None
         self.hub: Hub | None = None
+        self.devices: DeviceRegistry | None = None
         self.server: asyncio.Server | None = None
         self.http: MetricsServer | None = None
         self.port = 0
@@ -99,6 +104,8 @@ class Gateway:
             on_batch=self._on_batch,
         )
         await self.writer.start()
+        self.devices = DeviceRegistry(s.auth.policy)
+        self.devices.replace(await self.store.load_devices())
         self.hub = Hub(
             s,
             self.metrics,
@@ -106,9 +113,15 @@ class Gateway:
             self.log,
             worker=self.worker,
             utc_offset_us=utc_offset_us(s.protocol.timezone),
+            registry=self.devices,
+            store=self.store,
         )
         self.metrics.add_store_collector(self.store.stats)
         self.metrics.add_queue_collector(self._queue_gauges)
+        if isinstance(self.store, PostgresStore) and self.worker == 0:
+            # Coverage describes the whole fleet (from the database): one process exports
+            # it and keeps the daily snapshots, or the supervisor's sum would multiply it.
+            self._spawn(self._coverage_loop(self.store))
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             self.hub.make_connection,
@@ -128,6 +141,7 @@ class Gateway:
         self._spawn(self._every(SWEEP_INTERVAL_S, self._sweep))
         self._spawn(self._every(s.storage.presence_interval_s, self._flush_presence))
         self._spawn(self._every(PING_INTERVAL_S, self._ping))
+        self._spawn(self._every(s.auth.refresh_s, self._refresh_registry))
         self.log.info(
             "gateway listening",
             host=s.listen.host,
@@ -238,6 +252,10 @@ class Gateway:
         except Exception as exc:  # presence is advisory; never stop the gateway for it
             self.log.warning("presence write failed", error=str(exc), devices=len(rows))
 
+    async def _refresh_registry(self) -> None:
+        if self.store is not None and self.devices is not None:
+            self.devices.replace(await self.store.load_devices())
+
     async def _ping(self) -> None:
         writer, store = self.writer, self.store
         if writer is None or store is None:
@@ -248,6 +266,25 @@ class Gateway:
             self.db_ok = await asyncio.wait_for(store.ping(), PING_INTERVAL_S)
         except Exception:
             self.db_ok = False
+
+    async def _coverage_loop(self, store: PostgresStore) -> None:
+        """Refresh the per-city gauges every COVERAGE_REFRESH_S; snapshot each finished day."""
+        cache = CoverageCache()
+        self.registry.register(CoverageCollector(cache.get))
+        tz = ZoneInfo(self.settings.protocol.timezone)
+        snapshot_for: dt.date | None = None
+        while True:
+            try:
+                await cache.refresh(store.pool)
+                yesterday = dt.datetime.now(tz).date() - dt.timedelta(days=1)
+                if snapshot_for != yesterday:
+                    await ensure_snapshot(store.pool, yesterday, tz=self.settings.protocol.timezone)
+                    snapshot_for = yesterday
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("coverage refresh failed", error=repr(exc))
+            await asyncio.sleep(COVERAGE_REFRESH_S)
 
     async def _every(self, interval: float, job: Any) -> None:
         while True:

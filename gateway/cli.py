@@ -18,6 +18,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cmd_decode",
     "gateway.cmd_replay",
     "gateway.cmd_db",
+    "gateway.cmd_device",
+    "gateway.cmd_report",
+    "gateway.cmd_simulate",
     "gateway.cmd_config",
 )
 

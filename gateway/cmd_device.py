@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from gateway.cmd_device_admin import register_add, register_approve, register_disable, register_set
 from gateway.settings_cli import add_config_flag, settings_from
 from storage.base import StorageError
 from storage.roster import ImportCounts, connect, import_roster
@@ -93,6 +94,10 @@ def register_import(actions: argparse._SubParsersAction[argparse.ArgumentParser]
 
 ACTIONS: Final[dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]] = {
     "import": register_import,
+    "add": register_add,
+    "set": register_set,
+    "disable": register_disable,
+    "approve": register_approve,
 }
 
 

@@ -24,6 +24,7 @@ class DeviceConnection(asyncio.Protocol):
     __slots__ = (
         "archive_refill_at",
         "archive_tokens",
+        "auth_failures",
         "bytes_in",
         "bytes_without_frame",
         "close_reason",
@@ -63,6 +64,7 @@ class DeviceConnection(asyncio.Protocol):
         self.close_reason = "peer_closed"
         self.archive_tokens = 0.0
         self.archive_refill_at = 0.0
+        self.auth_failures = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 from config import Settings
 from gateway.connection import DeviceConnection
 from gateway.metrics import Metrics
+from gateway.registry import REFUSED, DeviceRegistry, Verdict
 from protocol import (
     CrcVariant,
     Frame,
@@ -31,11 +32,13 @@ from protocol import (
     Rejected,
     RejectReason,
     decode,
+    get_profile,
     packet_kind,
     profile_for_version,
+    reframe,
     reply_for,
 )
-from storage import BatchWriter, Entry, FrameRow, PresenceRow, entry_for_packet
+from storage import BatchWriter, Entry, FrameRow, PresenceRow, Store, entry_for_packet
 
 # How often the sweep looks for idle connections and stale partial frames. Checking
 # 19,000 connections costs a few milliseconds, so once a second is cheap and keeps the
@@ -71,8 +74,13 @@ class Hub:
         *,
         worker: int = 0,
         utc_offset_us: int,
+        registry: DeviceRegistry | None = None,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
+        self.registry = registry or DeviceRegistry(settings.auth.policy)
+        self.store = store
+        self._background: set[asyncio.Task[None]] = set()
         self.metrics = metrics
         self.writer = writer
         self.log = log
@@ -195,17 +203,30 @@ class Hub:
 
     def on_packet(self, conn: DeviceConnection, packet: Packet, now: float, wall_us: int) -> None:
         metrics = self.metrics
+        mn = packet.mn
+        verdict = self.registry.admit(mn, packet.pw)
+        if verdict in REFUSED:
+            self._refuse_packet(conn, packet, verdict, now, wall_us)
+            return
         conn.frames += 1
         conn.rejects_in_a_row = 0
+        conn.auth_failures = 0
         conn.bytes_without_frame = 0
-        mn = packet.mn
         if mn not in conn.mns or self.sessions.get(mn) is not conn:
             self.claim(mn, conn)
+        if verdict is Verdict.FIRST_PASSWORD and packet.pw:
+            self._record_password(mn, packet.pw)
         for quirk in packet.quirks:
             metrics.quirks.labels(quirk.value).inc()
         metrics.crc_variants.labels(packet.crc_variant.value).inc()
         cn_label = metrics.cn_label(packet.cn)
         kind = packet_kind(packet)
+        if kind == "platform_only":
+            ok, reason = False, "platform_only"
+        elif verdict is Verdict.QUARANTINE:
+            ok, reason = True, "quarantine"
+        else:
+            ok, reason = True, None
         row = FrameRow(
             wall_us,
             conn.peer,
@@ -214,8 +235,8 @@ class Hub:
             packet.st,
             packet.cn,
             packet.qn,
-            kind != "platform_only",
-            "platform_only" if kind == "platform_only" else None,
+            ok,
+            reason,
             tuple(q.value for q in packet.quirks),
             packet.raw,
         )
@@ -228,9 +249,14 @@ class Hub:
             self._touch(mn, conn, packet, wall_us, None, reject=True)
             return
         try:
-            entry = entry_for_packet(
-                packet, row, utc_offset_us=self.utc_offset_us, profile=self._profile(packet)
-            )
+            if verdict is Verdict.QUARANTINE:
+                # Kept apart until an operator approves the MN: no value rows yet.
+                metrics.auth_quarantined.inc()
+                entry = Entry(row)
+            else:
+                entry = entry_for_packet(
+                    packet, row, utc_offset_us=self.utc_offset_us, profile=self._profile(packet)
+                )
         except ProtocolError as exc:
             self.on_rejected(
                 conn,
@@ -249,20 +275,67 @@ class Hub:
             if accepted:
                 conn.send_reply(reply, now, _reply_cn(reply))
         if accepted:
-            metrics.frames.labels(cn_label, packet.version, "accepted").inc()
+            result = "quarantine" if verdict is Verdict.QUARANTINE else "accepted"
+            metrics.frames.labels(cn_label, packet.version, result).inc()
         else:
             metrics.frames.labels(cn_label, packet.version, "queue_full").inc()
             metrics.rows_refused.labels("queue_full").inc(entry.row_count)
         self._touch(mn, conn, packet, wall_us, _first_data_time(entry), reject=False)
 
     def _profile(self, packet: Packet) -> Any:
+        device = self.registry.get(packet.mn)
+        if device is not None and device.profile:
+            try:
+                return get_profile(device.profile)
+            except ProtocolError:
+                pass  # an unknown profile name in the registry: fall back to the version
         return profile_for_version(packet.version)
+
+    def _refuse_packet(
+        self, conn: DeviceConnection, packet: Packet, verdict: Verdict, now: float, wall_us: int
+    ) -> None:
+        """Auth refused the packet: archive it (rate-limited), count, no reply, no rows."""
+        metrics = self.metrics
+        metrics.auth_refused.labels(verdict.value).inc()
+        metrics.frames.labels(metrics.cn_label(packet.cn), packet.version, "refused").inc()
+        conn.auth_failures += 1
+        if self._take_archive_token(conn, now):
+            row = FrameRow(
+                wall_us, conn.peer, self.worker, packet.mn, packet.st, packet.cn, packet.qn,
+                False, f"auth_{verdict.value}", tuple(q.value for q in packet.quirks), packet.raw,
+            )  # fmt: skip
+            self.writer.offer(Entry(row))
+        else:
+            metrics.archive_dropped.inc()
+        if conn.auth_failures >= self.settings.auth.max_failures:
+            conn.close("auth_failed")
+
+    def _record_password(self, mn: str, password: str) -> None:
+        """A registered device without a password sent one: remember it (in the background)."""
+        self.registry.password_recorded(mn, password)
+        store = self.store
+        if store is None:
+            return
+
+        async def record() -> None:
+            try:
+                if await store.record_password(mn, password):
+                    self.metrics.auth_passwords_recorded.inc()
+            except Exception as exc:  # retried on the next frame after a registry refresh
+                self.log.warning("recording a first password failed", mn=mn, error=str(exc))
+
+        task = self.loop.create_task(record())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def on_rejected(
         self, conn: DeviceConnection, rejected: Rejected, now: float, wall_us: int
     ) -> None:
         metrics = self.metrics
         reason = rejected.reason
+        if rejected.crc_variant is not CrcVariant.NONE and self._variant_allowed(rejected):
+            self.on_frame(conn, reframe(rejected), now, wall_us)
+            return
         metrics.rejects.labels(reason.value).inc()
         if rejected.crc_variant is not CrcVariant.NONE:
             metrics.crc_variants.labels(rejected.crc_variant.value).inc()
@@ -289,6 +362,16 @@ class Hub:
             conn.close("too_many_rejects")
         elif conn.bytes_without_frame >= self.settings.listen.garbage_limit_bytes:
             conn.close("garbage")
+
+    def _variant_allowed(self, rejected: Rejected) -> bool:
+        """A CRC that matched another algorithm: accepted if the device is allowed it."""
+        if not self.registry.devices:
+            return False
+        try:
+            mn = decode(reframe(rejected)).mn
+        except ProtocolError:
+            return False
+        return self.registry.allows_variant(mn, rejected.crc_variant.value)
 
     def _take_archive_token(self, conn: DeviceConnection, now: float) -> bool:
         """Token bucket: rejected frames archived per connection per minute."""

@@ -37,6 +37,7 @@ CLOSE_REASONS = (
     "garbage",
     "write_stalled",
     "superseded",
+    "auth_failed",
     "shutdown",
     "error",
 )
@@ -210,6 +211,22 @@ class Metrics:
         self.writer_errors = Counter(
             "hj212_writer_errors", "Failed batch writes, by error kind.", ["kind"], registry=r
         )
+        self.auth_refused = Counter(
+            "hj212_auth_refused",
+            "Frames refused by the auth policy (nothing stored, no reply), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_quarantined = Counter(
+            "hj212_auth_quarantined",
+            "Frames from unknown MNs archived in quarantine (auth.policy = quarantine).",
+            registry=r,
+        )
+        self.auth_passwords_recorded = Counter(
+            "hj212_auth_passwords_recorded",
+            "First passwords recorded for registered devices that had none.",
+            registry=r,
+        )
         self.session_takeovers = Counter(
             "hj212_session_takeovers",
             "MNs that moved to a newer connection (reconnects, field-quirks Q21).",
@@ -238,6 +255,8 @@ class Metrics:
             self.rows_refused.labels(reason)
         for cn in ("9013", "9014"):
             self.replies.labels(cn)
+        for reason in ("unknown_mn", "disabled", "bad_password"):
+            self.auth_refused.labels(reason)
         self.connections_refused.labels("max_connections")
         self.connections_refused.labels("max_connections_per_ip")
 

@@ -109,6 +109,35 @@ class PresenceRow(NamedTuple):
     rejects: int
 
 
+class DeviceAuth(NamedTuple):
+    """What the gateway needs of a registry row to admit a device's frames."""
+
+    mn: str
+    password: str | None
+    """None: no password on record; the first one the device sends is recorded."""
+    enabled: bool
+    profile: str | None
+    """Code-table profile name; None: chosen from the frame's version bits."""
+    crc_variants: tuple[str, ...]
+    """CRC algorithms accepted for this device beyond the configured default."""
+
+
+# Registry columns an operator may set through the device commands.
+DEVICE_FIELDS: tuple[str, ...] = (
+    "password",
+    "enabled",
+    "profile",
+    "crc_variants",
+    "unit_name",
+    "city",
+    "county",
+    "park",
+    "outlet_type",
+    "rtd_interval_s",
+    "minute_interval_s",
+)
+
+
 @dataclass(slots=True)
 class Entry:
     """What one received frame contributes to a batch.
@@ -117,14 +146,16 @@ class Entry:
     carry no values (heartbeats, 9011/9012 answers).
     """
 
-    frame: FrameRow
+    frame: FrameRow | None
+    """None only when values are stored for a frame archived earlier (quarantine approval)."""
     readings: Sequence[ReadingRow] = ()
     infos: Sequence[InfoRow] = ()
     statuses: Sequence[StatusRow] = ()
 
     @property
     def row_count(self) -> int:
-        return 1 + len(self.readings) + len(self.infos) + len(self.statuses)
+        framed = 0 if self.frame is None else 1
+        return framed + len(self.readings) + len(self.infos) + len(self.statuses)
 
 
 @dataclass(slots=True)
@@ -187,6 +218,24 @@ class Store(Protocol):
 
     def stats(self) -> StoreStats:
         """A snapshot of the counters."""
+
+    async def load_devices(self) -> list[DeviceAuth]:
+        """Every registry row, for admitting frames (auth policies ``registry``/``quarantine``)."""
+
+    async def record_password(self, mn: str, password: str) -> bool:
+        """Record ``password`` for a registered device that has none; True if recorded."""
+
+    async def upsert_device(self, mn: str, values: dict[str, object]) -> bool:
+        """Create or update a registry row (keys from ``DEVICE_FIELDS``); True if created."""
+
+    async def get_device(self, mn: str) -> dict[str, object] | None:
+        """One registry row without its password (``has_password`` instead), or None."""
+
+    async def quarantined(self, mn: str) -> list[tuple[int, bytes]]:
+        """Quarantined frames of ``mn`` (received_at_us, raw), oldest first."""
+
+    async def release_quarantine(self, mn: str) -> int:
+        """Mark the quarantined frames of ``mn`` approved; return how many."""
 
     async def close(self) -> None:
         """Release connections."""

@@ -40,6 +40,8 @@ import asyncpg
 import asyncpg.exceptions as pgexc
 
 from storage.base import (
+    DEVICE_FIELDS,
+    DeviceAuth,
     Entry,
     FrameRow,
     InfoRow,
@@ -272,6 +274,11 @@ class PostgresStore:
             )
         except Exception as exc:
             raise map_error(exc, "connect") from exc
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool, for queries that live beside the store (reports, roster)."""
+        return self._require_pool()
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -535,7 +542,7 @@ class PostgresStore:
         if not entries:
             return
         pool = self._require_pool()
-        frames = [e.frame for e in entries]
+        frames = [e.frame for e in entries if e.frame is not None]
         readings = [r for e in entries for r in e.readings]
         infos = [r for e in entries for r in e.infos]
         statuses = [r for e in entries for r in e.statuses]
@@ -595,9 +602,10 @@ class PostgresStore:
         infos: list[InfoRow],
         statuses: list[StatusRow],
     ) -> None:
-        await conn.copy_records_to_table(
-            "frame", schema_name="hj212", records=frames, columns=FRAME_COLUMNS
-        )
+        if frames:
+            await conn.copy_records_to_table(
+                "frame", schema_name="hj212", records=frames, columns=FRAME_COLUMNS
+            )
         for table, rows in ((READING, readings), (INFO, infos), (STATUS, statuses)):
             if rows:
                 await conn.copy_records_to_table(
@@ -613,9 +621,10 @@ class PostgresStore:
         statuses: list[StatusRow],
     ) -> dict[str, tuple[int, int, int]]:
         """Frames by COPY, value rows merged; table -> (rows changed, duplicates, revisions)."""
-        await conn.copy_records_to_table(
-            "frame", schema_name="hj212", records=frames, columns=FRAME_COLUMNS
-        )
+        if frames:
+            await conn.copy_records_to_table(
+                "frame", schema_name="hj212", records=frames, columns=FRAME_COLUMNS
+            )
         counts: dict[str, tuple[int, int, int]] = {}
         for table, rows in ((READING, readings), (INFO, infos), (STATUS, statuses)):
             if not rows:
@@ -667,3 +676,86 @@ class PostgresStore:
         except Exception as exc:
             raise map_error(exc, "fetch_frames") from exc
         return [(r[0], r[1]) for r in rows]
+
+    # -- the device registry -------------------------------------------------------------
+
+    async def load_devices(self) -> list[DeviceAuth]:
+        pool = self._require_pool()
+        try:
+            rows = await pool.fetch(
+                "SELECT mn, password, enabled, profile, crc_variants FROM hj212.device"
+            )
+        except Exception as exc:
+            raise map_error(exc, "load_devices") from exc
+        return [
+            DeviceAuth(r["mn"], r["password"], r["enabled"], r["profile"], tuple(r["crc_variants"]))
+            for r in rows
+        ]
+
+    async def record_password(self, mn: str, password: str) -> bool:
+        pool = self._require_pool()
+        try:
+            status = await pool.execute(
+                "UPDATE hj212.device SET password = $2, updated_at = now() "
+                "WHERE mn = $1 AND password IS NULL",
+                mn,
+                password,
+            )
+        except Exception as exc:
+            raise map_error(exc, "record_password") from exc
+        return bool(status == "UPDATE 1")
+
+    async def upsert_device(self, mn: str, values: dict[str, object]) -> bool:
+        unknown = set(values) - set(DEVICE_FIELDS)
+        if unknown:
+            raise StorageError(f"unknown device fields: {sorted(unknown)}", retriable=False)
+        cols = list(values)
+        names = ", ".join(["mn", *cols])
+        params = ", ".join(f"${i}" for i in range(1, len(cols) + 2))
+        updates = ", ".join([*(f"{c} = EXCLUDED.{c}" for c in cols), "updated_at = now()"])
+        sql = (
+            f"INSERT INTO hj212.device ({names}) VALUES ({params}) "
+            f"ON CONFLICT (mn) DO UPDATE SET {updates} RETURNING (xmax = 0) AS created"
+        )
+        pool = self._require_pool()
+        try:
+            created = await pool.fetchval(sql, mn, *(values[c] for c in cols))
+        except Exception as exc:
+            raise map_error(exc, "upsert_device") from exc
+        return bool(created)
+
+    async def get_device(self, mn: str) -> dict[str, object] | None:
+        pool = self._require_pool()
+        try:
+            row = await pool.fetchrow("SELECT * FROM hj212.device WHERE mn = $1", mn)
+        except Exception as exc:
+            raise map_error(exc, "get_device") from exc
+        if row is None:
+            return None
+        out: dict[str, object] = dict(row)
+        out["has_password"] = out.pop("password") is not None
+        return out
+
+    async def quarantined(self, mn: str) -> list[tuple[int, bytes]]:
+        pool = self._require_pool()
+        try:
+            rows = await pool.fetch(
+                "SELECT received_at, raw FROM hj212.quarantine WHERE mn = $1 "
+                "ORDER BY received_at, id",
+                mn,
+            )
+        except Exception as exc:
+            raise map_error(exc, "quarantined") from exc
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    async def release_quarantine(self, mn: str) -> int:
+        pool = self._require_pool()
+        try:
+            status = await pool.execute(
+                "UPDATE hj212.frame SET reason = 'approved' "
+                "WHERE mn = $1 AND reason = 'quarantine'",
+                mn,
+            )
+        except Exception as exc:
+            raise map_error(exc, "release_quarantine") from exc
+        return int(status.split()[-1])

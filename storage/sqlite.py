@@ -27,6 +27,8 @@ from functools import lru_cache
 from typing import Any, Final, TypeVar
 
 from storage.base import (
+    DEVICE_FIELDS,
+    DeviceAuth,
     Entry,
     InfoRow,
     PresenceRow,
@@ -118,6 +120,16 @@ CREATE TABLE presence (
     version TEXT NOT NULL, frames INTEGER NOT NULL DEFAULT 0,
     rejects INTEGER NOT NULL DEFAULT 0
 );
+""",
+    ),
+    (
+        2,
+        "auth",
+        """
+CREATE VIEW quarantine AS
+    SELECT received_at, id, peer, worker, mn, st, cn, qn, quirks, raw
+    FROM frame WHERE reason = 'quarantine';
+CREATE INDEX frame_quarantine_idx ON frame (mn, received_at) WHERE reason = 'quarantine'
 """,
     ),
 )
@@ -385,6 +397,7 @@ class SqliteStore:
                 f.raw,
             )
             for f in (e.frame for e in entries)
+            if f is not None
         ]
         readings = [r for e in entries for r in e.readings]
         infos = [r for e in entries for r in e.infos]
@@ -550,3 +563,90 @@ class SqliteStore:
             return done
 
         return await self._run("maintain", maintain)
+
+    # -- the device registry -------------------------------------------------------------
+
+    async def load_devices(self) -> list[DeviceAuth]:
+        def load() -> list[DeviceAuth]:
+            rows = self._db().execute(
+                "SELECT mn, password, enabled, profile, crc_variants FROM device"
+            )
+            return [
+                DeviceAuth(mn, pw, bool(enabled), profile, tuple(json.loads(variants or "[]")))
+                for mn, pw, enabled, profile, variants in rows
+            ]
+
+        return await self._run("load_devices", load)
+
+    async def record_password(self, mn: str, password: str) -> bool:
+        def record() -> bool:
+            cur = self._db().execute(
+                "UPDATE device SET password = ?, updated_at = ? WHERE mn = ? AND password IS NULL",
+                (password, iso_from_us(time.time_ns() // 1000), mn),
+            )
+            return cur.rowcount == 1
+
+        return await self._run("record_password", record)
+
+    async def upsert_device(self, mn: str, values: dict[str, object]) -> bool:
+        unknown = set(values) - set(DEVICE_FIELDS)
+        if unknown:
+            raise StorageError(f"unknown device fields: {sorted(unknown)}", retriable=False)
+        cols = list(values)
+        params = [
+            json.dumps(list(v)) if c == "crc_variants" and isinstance(v, (list, tuple)) else v
+            for c, v in values.items()
+        ]
+
+        def upsert() -> bool:
+            db = self._db()
+            exists = db.execute("SELECT 1 FROM device WHERE mn = ?", (mn,)).fetchone()
+            now = iso_from_us(time.time_ns() // 1000)
+            if exists:
+                if cols:
+                    sets = ", ".join(f"{c} = ?" for c in cols)
+                    db.execute(
+                        f"UPDATE device SET {sets}, updated_at = ? WHERE mn = ?",
+                        (*params, now, mn),
+                    )
+                return False
+            names = ", ".join(["mn", *cols])
+            marks = ", ".join("?" for _ in range(len(cols) + 1))
+            db.execute(f"INSERT INTO device ({names}) VALUES ({marks})", (mn, *params))
+            return True
+
+        return await self._run("upsert_device", upsert)
+
+    async def get_device(self, mn: str) -> dict[str, object] | None:
+        def get() -> dict[str, object] | None:
+            cur = self._db().execute("SELECT * FROM device WHERE mn = ?", (mn,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            out: dict[str, object] = dict(zip([d[0] for d in cur.description], row, strict=True))
+            out["has_password"] = out.pop("password") is not None
+            out["enabled"] = bool(out["enabled"])
+            out["crc_variants"] = json.loads(str(out["crc_variants"]))
+            return out
+
+        return await self._run("get_device", get)
+
+    async def quarantined(self, mn: str) -> list[tuple[int, bytes]]:
+        def fetch() -> list[tuple[int, bytes]]:
+            rows = self._db().execute(
+                "SELECT received_at, raw FROM quarantine WHERE mn = ? ORDER BY received_at, id",
+                (mn,),
+            )
+            return [(us_from_iso(t), bytes(raw)) for t, raw in rows]
+
+        return await self._run("quarantined", fetch)
+
+    async def release_quarantine(self, mn: str) -> int:
+        def release() -> int:
+            cur = self._db().execute(
+                "UPDATE frame SET reason = 'approved' WHERE mn = ? AND reason = 'quarantine'",
+                (mn,),
+            )
+            return cur.rowcount
+
+        return await self._run("release_quarantine", release)
