@@ -101,6 +101,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--re-count", type=int, default=RE_COUNT, help="resends before giving up")
     p.add_argument(
+        "--idle-hold",
+        type=float,
+        default=0.0,
+        help="seconds to hold every connection idle before sending (default 0)",
+    )
+    p.add_argument(
         "--start",
         help="simulated start, local ISO time (default: now minus duration x speed, so "
         "no DataTime lies in the future)",
@@ -164,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, int]:
         over_time = max(OVER_TIME_MIN_S, OVER_TIME_S / max(1.0, args.speed))
     if over_time <= 0:
         raise ValueError("--over-time must be positive")
+    if not 0 <= args.idle_hold <= 3_600:
+        raise ValueError("--idle-hold must be between 0 and 3600 s")
     fleet = FleetConfig(
         devices=args.devices,
         seed=args.seed,
@@ -184,6 +192,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, int]:
         over_time_s=over_time,
         re_count=args.re_count,
         storm_after_s=args.storm_after,
+        idle_hold_s=args.idle_hold,
     )
     return cfg, processes
 

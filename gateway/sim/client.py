@@ -85,6 +85,9 @@ class RunConfig:
     settle_s: float = 1.0
     """Pause before closing, so frames that ask for no reply are read by the gateway
     (on loopback they arrive in microseconds; a second covers a gateway busy with a storm)."""
+    idle_hold_s: float = 0.0
+    """Seconds every unit stays connected and silent before the schedule starts: lets a
+    benchmark measure what idle connections cost the gateway."""
     spread_sources: bool = True
     """Bind each unit to its own 127.x.y.z source address (only for loopback targets)."""
     extra: dict[str, str] = field(default_factory=dict)
@@ -585,6 +588,8 @@ class SliceRun:
             stats.connect_s = time.monotonic() - t0
             if barrier is not None:
                 await barrier()
+            if self.cfg.idle_hold_s > 0:
+                await asyncio.sleep(self.cfg.idle_hold_s)
             await self._load()
             await self._drain()
         finally:

@@ -113,7 +113,12 @@ def run_processes(cfg: RunConfig, processes: int) -> SimStats:
     for p in procs:
         p.start()
     budget = (
-        BARRIER_TIMEOUT_S + cfg.duration_s + cfg.drain_deadline_s + cfg.settle_s + RESULT_MARGIN_S
+        BARRIER_TIMEOUT_S
+        + cfg.idle_hold_s
+        + cfg.duration_s
+        + cfg.drain_deadline_s
+        + cfg.settle_s
+        + RESULT_MARGIN_S
     )
     deadline = time.monotonic() + budget
     total = SimStats()
