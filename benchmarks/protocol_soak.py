@@ -118,7 +118,7 @@ def soak(count: int, seed: int) -> int:
     next_report = step
     while fed < count:
         config = rng.choice(CONFIGS)
-        framer = FrameBuffer(**config)  # type: ignore[arg-type]
+        framer = FrameBuffer(**config)
         framers_used += 1
         max_frame = int(config.get("max_frame_bytes", 10_012))
         pieces = []

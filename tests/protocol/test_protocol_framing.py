@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from protokit import feed_all, feed_bytewise, good_frame, sandwich, summary
+from protokit import feed_all, feed_bytewise, good_frame, partial, sandwich, summary
 
 from protocol import (
     CrcVariant,
@@ -54,7 +54,7 @@ def test_huge_declared_length_that_never_completes_is_bounded() -> None:
     framer = FrameBuffer(max_frame_bytes=2000, max_buffer_bytes=4096)
     out = framer.feed(b"##9999QN=")
     assert out == []
-    assert framer.has_partial
+    assert partial(framer)
     for _ in range(50):
         out += framer.feed(b"a" * 1000)
         assert framer.buffered <= 2000
@@ -76,14 +76,14 @@ def test_partial_frame_discard_and_close() -> None:
     framer = FrameBuffer()
     frame = good_frame()
     assert framer.feed(frame[:50]) == []
-    assert framer.has_partial
+    assert partial(framer)
     assert framer.buffered == 50
     dropped = framer.discard_partial()
     assert dropped is not None
     assert dropped.reason is RejectReason.TRUNCATED
     assert dropped.raw == frame[:50]
     assert dropped.consumed == 50
-    assert not framer.has_partial
+    assert not partial(framer)
     assert framer.discard_partial() is None
     # The offsets continue after the dropped bytes.
     out = framer.feed(frame)
@@ -101,7 +101,7 @@ def test_lone_trailing_hash_is_kept() -> None:
     out = framer.feed(b"junk#")
     assert out == []
     assert framer.buffered == 1
-    assert not framer.has_partial
+    assert not partial(framer)
     assert framer.pending_garbage == 4
     out = framer.feed(frame[1:])
     assert _reasons(out) == ["garbage", "frame"]
@@ -158,7 +158,7 @@ def test_missing_tail_at_end_of_input_only_on_finish() -> None:
     frame = good_frame()[:-2]
     framer = FrameBuffer()
     assert framer.feed(frame) == []
-    assert framer.has_partial
+    assert partial(framer)
     out = framer.finish()
     assert len(out) == 1
     assert isinstance(out[0], Frame)
@@ -259,7 +259,7 @@ def test_empty_segment_frame() -> None:
 def test_garbage_split_at_report_size_independent_of_chunks() -> None:
     data = b"z" * 25 + good_frame()
     whole = feed_all(data, garbage_report_bytes=10)
-    assert [(r.reason.value, r.consumed) for r in whole[:-1]] == [  # type: ignore[union-attr]
+    assert [(r.reason.value, r.consumed) for r in whole[:-1]] == [
         ("garbage", 10), ("garbage", 10), ("garbage", 5),
     ]  # fmt: skip
     assert feed_bytewise(data, garbage_report_bytes=10) == whole
