@@ -148,7 +148,7 @@ class Hub:
             return  # refused at accept time: never counted as open
         self.connections.discard(conn)
         for rejected in conn.framer.close():  # a frame cut off by the close
-            self.metrics.rejects.labels(rejected.reason.value).inc()
+            self.metrics.reject(rejected.reason.value).inc()
         left = self.per_ip.get(conn.ip, 1) - 1
         if left > 0:
             self.per_ip[conn.ip] = left
@@ -217,8 +217,8 @@ class Hub:
         if verdict is Verdict.FIRST_PASSWORD and packet.pw:
             self._record_password(mn, packet.pw)
         for quirk in packet.quirks:
-            metrics.quirks.labels(quirk.value).inc()
-        metrics.crc_variants.labels(packet.crc_variant.value).inc()
+            metrics.quirk(quirk.value).inc()
+        metrics.crc_variant(packet.crc_variant.value).inc()
         cn_label = metrics.cn_label(packet.cn)
         kind = packet_kind(packet)
         if kind == "platform_only":
@@ -243,8 +243,8 @@ class Hub:
         if kind == "platform_only":
             # A command only the platform may send (e.g. 1012 from a device): archive,
             # count, no reply and no readings (design.md section 2).
-            metrics.frames.labels(cn_label, packet.version, "platform_only").inc()
-            metrics.rejects.labels("platform_only").inc()
+            metrics.frame(cn_label, packet.version, "platform_only").inc()
+            metrics.reject("platform_only").inc()
             self.writer.offer(Entry(row))
             self._touch(mn, conn, packet, wall_us, None, reject=True)
             return
@@ -276,9 +276,9 @@ class Hub:
                 conn.send_reply(reply, now, _reply_cn(reply))
         if accepted:
             result = "quarantine" if verdict is Verdict.QUARANTINE else "accepted"
-            metrics.frames.labels(cn_label, packet.version, result).inc()
+            metrics.frame(cn_label, packet.version, result).inc()
         else:
-            metrics.frames.labels(cn_label, packet.version, "queue_full").inc()
+            metrics.frame(cn_label, packet.version, "queue_full").inc()
             metrics.rows_refused.labels("queue_full").inc(entry.row_count)
         self._touch(mn, conn, packet, wall_us, _first_data_time(entry), reject=False)
 
@@ -297,7 +297,7 @@ class Hub:
         """Auth refused the packet: archive it (rate-limited), count, no reply, no rows."""
         metrics = self.metrics
         metrics.auth_refused.labels(verdict.value).inc()
-        metrics.frames.labels(metrics.cn_label(packet.cn), packet.version, "refused").inc()
+        metrics.frame(metrics.cn_label(packet.cn), packet.version, "refused").inc()
         conn.auth_failures += 1
         if self._take_archive_token(conn, now):
             row = FrameRow(
@@ -336,9 +336,9 @@ class Hub:
         if rejected.crc_variant is not CrcVariant.NONE and self._variant_allowed(rejected):
             self.on_frame(conn, reframe(rejected), now, wall_us)
             return
-        metrics.rejects.labels(reason.value).inc()
+        metrics.reject(reason.value).inc()
         if rejected.crc_variant is not CrcVariant.NONE:
-            metrics.crc_variants.labels(rejected.crc_variant.value).inc()
+            metrics.crc_variant(rejected.crc_variant.value).inc()
         if reason is RejectReason.GARBAGE:
             skipped = getattr(rejected, "consumed", len(rejected.raw))
             metrics.resync_bytes.inc(skipped)
@@ -349,7 +349,7 @@ class Hub:
         conn.rejects += 1
         conn.rejects_in_a_row += 1
         conn.bytes_without_frame += len(rejected.raw)
-        metrics.frames.labels("other", "unknown", "rejected").inc()
+        metrics.frame("other", "unknown", "rejected").inc()
         if self._take_archive_token(conn, now):
             row = FrameRow(
                 wall_us, conn.peer, self.worker, None, None, None, None, False,
@@ -387,7 +387,7 @@ class Hub:
 
     def on_reply_sent(self, nbytes: int, received_at: float, cn: str) -> None:
         self.metrics.bytes_out.inc(nbytes)
-        self.metrics.replies.labels(cn).inc()
+        self.metrics.reply(cn).inc()
         self.metrics.reply_latency.observe(self.loop.time() - received_at)
 
     def on_reply_lost(self, cn: str) -> None:

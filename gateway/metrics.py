@@ -14,12 +14,15 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from storage.base import StoreStats
+from storage.spool import SpoolStats
+from storage.writer import WriterStats
 
 OTHER = "other"
 
@@ -43,6 +46,27 @@ CLOSE_REASONS = (
 )
 # Reasons a frame was not stored or not answered beyond the protocol's RejectReason.
 GATEWAY_REASONS = ("platform_only", "queue_full")
+
+
+class _Children:
+    """Labelled children of one metric, looked up in a dict.
+
+    ``metric.labels(...)`` costs ~1.5 us per call; the per-frame path calls it several
+    times, so it keeps the children here. The label sets are bounded (see the module
+    docstring), so the dict is too.
+    """
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
 
 
 class _StoreCollector(Collector):
@@ -102,6 +126,73 @@ class _QueueCollector(Collector):
         )
         yield GaugeMetricFamily(
             "hj212_sessions", "MNs currently mapped to a live connection.", value=sessions
+        )
+
+
+WRITER_MODES = ("direct", "spool", "blocked")
+# (metric, help, SpoolStats attribute): gauges, then counters (``_total`` is appended).
+SPOOL_GAUGES = (
+    ("hj212_spool_batches", "Batches in the local spool not yet in the database.", "batches"),
+    ("hj212_spool_rows", "Rows in the local spool not yet in the database.", "rows"),
+    ("hj212_spool_bytes", "Bytes of spool files on disk.", "bytes"),
+    ("hj212_spool_capacity_bytes", "Bytes the spool may use (spool_max_bytes).", "max_bytes"),
+    ("hj212_spool_segments", "Spool files on disk.", "segments"),
+    ("hj212_spool_has_room", "1 while the spool accepts batches.", "has_room"),
+    (
+        "hj212_spool_drain_rows_per_second",
+        "Rows drained from the spool into the database per second (last 10 s).",
+        "drain_rows_per_s",
+    ),
+)
+SPOOL_COUNTERS = (
+    ("hj212_spool_appended_batches", "Batches made durable in the spool.", "appended_batches"),
+    ("hj212_spool_appended_rows", "Rows made durable in the spool.", "appended_rows"),
+    ("hj212_spool_drained_batches", "Spooled batches moved into the database.", "drained_batches"),
+    ("hj212_spool_drained_rows", "Spooled rows moved into the database.", "drained_rows"),
+    (
+        "hj212_spool_recovered_batches",
+        "Batches found in the spool at start (left by an earlier run).",
+        "recovered_batches",
+    ),
+    ("hj212_spool_recovered_rows", "Rows found in the spool at start.", "recovered_rows"),
+    ("hj212_spool_torn_records", "Torn or corrupt spool records skipped.", "torn_records"),
+    ("hj212_spool_torn_bytes", "Bytes of torn or corrupt spool records skipped.", "torn_bytes"),
+    ("hj212_spool_refused_full", "Batches refused because the spool was full.", "refused_full"),
+    ("hj212_spool_errors", "Spool appends that failed on a disk error.", "errors"),
+)
+
+
+class _SpoolCollector(Collector):
+    """The writer's mode and the local spool's depth and traffic, read at scrape time."""
+
+    def __init__(
+        self, writer: Callable[[], WriterStats], spool: Callable[[], SpoolStats | None]
+    ) -> None:
+        self._writer = writer
+        self._spool = spool
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        w = self._writer()
+        mode = GaugeMetricFamily(
+            "hj212_writer_mode",
+            "1 for the writer's current mode: direct (to the database), spool (batches go "
+            "to the local spool while it drains), blocked (neither takes them: no replies).",
+            labels=["mode"],
+        )
+        for name in WRITER_MODES:
+            mode.add_metric([name], 1 if w.mode == name else 0)
+        yield mode
+        snap = self._spool()
+        if snap is None:
+            return
+        for name, doc, attr in SPOOL_GAUGES:
+            yield GaugeMetricFamily(name, doc, value=float(getattr(snap, attr)))
+        for name, doc, attr in SPOOL_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=getattr(snap, attr))
+        yield CounterMetricFamily(
+            "hj212_spool_poison_rows",
+            "Spooled (already replied) rows the database then refused for good.",
+            value=w.spool_poison_rows,
         )
 
 
@@ -237,6 +328,11 @@ class Metrics:
             "Rows still queued when the shutdown deadline passed (never replied to).",
             registry=r,
         )
+        self.frame = _Children(self.frames)
+        self.reject = _Children(self.rejects)
+        self.quirk = _Children(self.quirks)
+        self.crc_variant = _Children(self.crc_variants)
+        self.reply = _Children(self.replies)
         self._preinitialise(reject_reasons, quirks, crc_variants)
 
     def _preinitialise(
@@ -268,3 +364,8 @@ class Metrics:
 
     def add_queue_collector(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(_QueueCollector(read))
+
+    def add_spool_collector(
+        self, writer: Callable[[], WriterStats], spool: Callable[[], SpoolStats | None]
+    ) -> None:
+        self.registry.register(_SpoolCollector(writer, spool))
