@@ -38,10 +38,12 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -69,8 +71,12 @@ READY_TIMEOUT_S: Final = 60.0
 """The gateway must answer /readyz within this (migrations on an empty database take ~1 s)."""
 STOP_TIMEOUT_S: Final = 60.0
 """SIGTERM drains the write queue (10 s deadline by default); then it is killed."""
-QUEUE_EMPTY_TIMEOUT_S: Final = 60.0
-"""After the simulator ends, the gateway's write queue must empty within this."""
+DRAIN_STALL_S: Final = 60.0
+"""After the simulator ends, the gateway's write queue and local spool must keep
+shrinking: no progress for this long ends the wait (the counts then show the gap)."""
+DRAIN_MAX_S: Final = 1_800.0
+"""...and they must be empty within this, whatever the progress (a spool of a few
+million rows drains in a few minutes here)."""
 SAMPLE_S: Final = 0.5
 """/proc sampling period of the gateway's CPU, RSS and open files."""
 LINE_CONNECTIONS: Final = 100
@@ -276,12 +282,15 @@ class GatewayProcess:
         self.metrics_port = free_port()
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        # Its own working directory and spool: a spool directory is locked by the
+        # gateway that uses it, and another gateway may run from the checkout.
+        self.workdir = Path(tempfile.mkdtemp(prefix="hj212-bench-"))
 
     def command(self) -> list[str]:
         exe = Path(sys.executable).with_name("hj212-gateway")
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway"]
         if self.profile is not None:
-            base = [sys.executable, "-c", PROFILE_WRAPPER, str(self.profile)]
+            base = [sys.executable, "-c", PROFILE_WRAPPER, str(self.profile.resolve())]
         cmd = [
             *base,
             "serve",
@@ -301,8 +310,11 @@ class GatewayProcess:
         return cmd
 
     def start(self) -> None:
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, HJ212_STORAGE__SPOOL_DIR=str(self.workdir / "spool"))
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -318,17 +330,25 @@ class GatewayProcess:
         assert self.proc is not None
         return process_tree(self.proc.pid)
 
-    def wait_queue_empty(self) -> bool:
-        """True once the write queue is empty on two scrapes in a row."""
-        deadline = time.monotonic() + QUEUE_EMPTY_TIMEOUT_S
+    def wait_drained(self) -> bool:
+        """True once the write queue and the local spool (rows acknowledged to devices
+        but not yet in PostgreSQL) are both empty on two scrapes in a row."""
+        start = last_progress = time.monotonic()
+        best = float("inf")
         empty = 0
-        while time.monotonic() < deadline:
-            if metric_sum(scrape(self.metrics_port), "hj212_write_queue_rows") == 0:
+        while time.monotonic() - start < DRAIN_MAX_S:
+            m = scrape(self.metrics_port)
+            left = metric_sum(m, "hj212_write_queue_rows") + metric_sum(m, "hj212_spool_rows")
+            if left == 0:
                 empty += 1
                 if empty >= 2:
                     return True
             else:
                 empty = 0
+            if left < best:
+                best, last_progress = left, time.monotonic()
+            elif time.monotonic() - last_progress > DRAIN_STALL_S:
+                return False
             time.sleep(0.25)
         return False
 
@@ -342,6 +362,7 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -359,6 +380,17 @@ class Sample:
     """hj212_connections_open at the time."""
     frames: int = 0
     """hj212_frames_total (all labels) at the time."""
+    reply_s: float = 0.0
+    """hj212_reply_latency_seconds_sum (with ``replies``: the mean over an interval)."""
+    replies: int = 0
+    batch_s: float = 0.0
+    """hj212_batch_write_seconds_sum (with ``batches``)."""
+    batches: int = 0
+    upserts: int = 0
+    """Batches written on the upsert path (resends or old data in the batch)."""
+    queue_rows: int = 0
+    spool_rows: int = 0
+    """Rows acknowledged to devices (durable in the local spool) not yet in PostgreSQL."""
 
 
 class Sampler(threading.Thread):
@@ -381,12 +413,26 @@ class Sampler(threading.Thread):
         pg = cpu_seconds(process_tree(self.postmaster)) if self.postmaster else 0.0
         me = os.getpid()
         sim = cpu_seconds([p for p in process_tree(me) if p != me and p not in pids])
-        conns = frames = 0
+        m: dict[str, float] = {}
         with contextlib.suppress(OSError, ValueError):
             m = scrape(self.gateway.metrics_port)
-            conns = int(metric_sum(m, "hj212_connections_open"))
-            frames = int(metric_sum(m, "hj212_frames_total"))
-        return Sample(t, cpu, rss, fds, pg, sim, conns, frames)
+        return Sample(
+            t,
+            cpu,
+            rss,
+            fds,
+            pg,
+            sim,
+            conns=int(metric_sum(m, "hj212_connections_open")),
+            frames=int(metric_sum(m, "hj212_frames_total")),
+            reply_s=metric_sum(m, "hj212_reply_latency_seconds_sum"),
+            replies=int(metric_sum(m, "hj212_reply_latency_seconds_count")),
+            batch_s=metric_sum(m, "hj212_batch_write_seconds_sum"),
+            batches=int(metric_sum(m, "hj212_batch_write_seconds_count")),
+            upserts=int(m.get('hj212_batches_total{path="upsert"}', 0)),
+            queue_rows=int(metric_sum(m, "hj212_write_queue_rows")),
+            spool_rows=int(metric_sum(m, "hj212_spool_rows")),
+        )
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -396,6 +442,55 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(10.0)
+
+
+TIMELINE_ROWS: Final = 16
+"""Intervals the report's timeline shows at most (the JSON keeps every sample)."""
+
+
+def timeline(samples: list[Sample], rows: int = TIMELINE_ROWS) -> list[tuple[str, ...]]:
+    """Per interval: frames/s, gateway reply latency, batch time and path, queue, CPU."""
+    moving = [s for s in samples if s.frames > samples[0].frames] if samples else []
+    if len(moving) < 2:
+        return []
+    first = samples.index(moving[0]) - 1
+    span = samples[max(0, first) :]
+    step = max(1, -(-(len(span) - 1) // rows))
+    out: list[tuple[str, ...]] = []
+    t0 = span[0].t
+    for a, b in zip(span[::step], span[step::step], strict=False):
+        dt_s = b.t - a.t
+        replies = b.replies - a.replies
+        batches = b.batches - a.batches
+        out.append(
+            (
+                f"{a.t - t0:.0f}-{b.t - t0:.0f}",
+                f"{(b.frames - a.frames) / dt_s:,.0f}",
+                f"{1000 * (b.reply_s - a.reply_s) / replies:.0f}" if replies else "-",
+                f"{1000 * (b.batch_s - a.batch_s) / batches:.0f}" if batches else "-",
+                f"{b.upserts - a.upserts}/{batches}",
+                f"{b.queue_rows:,}",
+                f"{b.spool_rows:,}",
+                f"{(b.cpu_s - a.cpu_s) / dt_s:.2f}",
+                f"{(b.pg_cpu_s - a.pg_cpu_s) / dt_s:.2f}",
+                f"{b.conns:,}",
+            )
+        )
+    return out
+
+
+TIMELINE_HEADER: Final = (
+    "seconds",
+    "frames/s",
+    "reply ms (gateway)",
+    "batch ms",
+    "upsert/batches",
+    "queue rows",
+    "spool rows",
+    "gateway cores",
+    "PostgreSQL cores",
+    "connections",
+)
 
 
 def load_window(samples: list[Sample]) -> dict[str, float] | None:
@@ -706,6 +801,16 @@ def where_time_goes(gw: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{secs:.1f} s writing in total",
             )
         )
+    spooled = metric_sum(m, "hj212_spool_appended_rows_total")
+    if spooled:
+        rows.append(
+            (
+                "local spool (durable, replied, not yet in PostgreSQL)",
+                f"{spooled:,.0f} rows in {metric_sum(m, 'hj212_spool_appended_batches_total'):,.0f}"
+                f" batches; {metric_sum(m, 'hj212_spool_drained_rows_total'):,.0f} rows moved "
+                f"into PostgreSQL; {gw['catch_up_s']:.0f} s after the run until all were",
+            )
+        )
     lat_n = metric_sum(m, "hj212_reply_latency_seconds_count")
     if lat_n:
         lat = metric_sum(m, "hj212_reply_latency_seconds_sum") / lat_n
@@ -722,6 +827,10 @@ def git_commit() -> str:
         )
         return out.stdout.decode().strip()
     return "unknown"
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    return " ".join([script, *(argv if argv is not None else sys.argv[1:])])
 
 
 def machine() -> dict[str, Any]:
@@ -801,7 +910,8 @@ def run_gateway_phase(
         t0 = time.monotonic()
         stats = run_processes(cfg, processes)
         t1 = time.monotonic()
-        drained = gw.wait_queue_empty()
+        drained = gw.wait_drained()
+        t2 = time.monotonic()
         end = sampler.take()
         sampler.stop()
         after = scrape(gw.metrics_port)
@@ -823,9 +933,11 @@ def run_gateway_phase(
         "gateway_log": str(log_path),
         "queue_drained": drained,
         "run_s": t1 - t0,
+        "catch_up_s": t2 - t1,
         "load_s": load,
         "frames_per_s": stats.frames_sent / load,
         "rows_per_s": (stats.rows_reading + stats.rows_info) / load,
+        "rows_per_s_into_db": (stats.rows_reading + stats.rows_info) / (load + t2 - t1),
         "cpu_s_run": cpu,
         "cpu_cores_run": cpu / max(1e-9, end.t - base.t),
         "load_window": window,
@@ -850,6 +962,7 @@ def run_gateway_phase(
         "rows_equal": stored["reading"] == stats.rows_reading and stored["info"] == stats.rows_info,
         "metrics_delta": metric_deltas(before, after),
         "samples": [dataclasses.asdict(s) for s in samples],
+        "timeline": timeline([base, *samples, end]),
     }
     return cfg, figures, stats
 
@@ -906,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "benchmark": "e2e",
         "started": started.isoformat(timespec="seconds"),
-        "command": "benchmarks/e2e.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("benchmarks/e2e.py", argv),
         "machine": {**machine(), "postgresql": pg_version},
         "simulator": sim,
         "gateway": gw,
@@ -1006,7 +1119,14 @@ Raw references over the same traffic, measured in the same run:
 Where the time goes (gateway metrics and /proc samples of this run):
 
 {table(("what", "measured"), where_time_goes(gw))}
-{render_profile(d.get("profile_top"))}"""
+{render_timeline(gw)}{render_profile(d.get("profile_top"))}"""
+
+
+def render_timeline(gw: dict[str, Any]) -> str:
+    rows = [tuple(r) for r in gw.get("timeline") or []]
+    if not rows:
+        return ""
+    return "\nTimeline (from the samples):\n\n" + table(TIMELINE_HEADER, rows) + "\n"
 
 
 def render_profile(top: list[dict[str, Any]] | None) -> str:

@@ -47,12 +47,14 @@ from e2e import (
     COPY_BATCH_ROWS,
     LINE_CONNECTIONS,
     REFERENCE_FRAMES_MAX,
+    command_line,
     fmt,
     machine,
     pct,
     profile_top,
     references,
     render_profile,
+    render_timeline,
     run_gateway_phase,
     server_info,
     table,
@@ -146,12 +148,14 @@ def _targets(d: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     if d["scenario"] == "backfill-storm":
-        ratio = gw["rows_per_s"] / copy["rows_per_s"]
+        # Into PostgreSQL (spooled rows count once they reach it), like the reference.
+        ratio = gw["rows_per_s_into_db"] / copy["rows_per_s"]
         out.append(
             (
                 f"backfill rows/s >= {100 * TARGET_BACKFILL_VS_CEILING:.0f} % of the database "
                 "ceiling",
-                f"{100 * ratio:.1f} %",
+                f"{100 * ratio:.1f} % ({fmt(gw['rows_per_s_into_db'])} rows/s into PostgreSQL;"
+                f" {fmt(gw['rows_per_s'])} rows/s replied)",
                 _verdict(
                     ratio >= TARGET_BACKFILL_VS_CEILING,
                     TARGET_BACKFILL_VS_CEILING / max(ratio, 1e-9),
@@ -205,7 +209,11 @@ def render(d: dict[str, Any]) -> str:
             f"frames/s sustained (load phase {gw['load_s']:.1f} s, speed x{d['speed']:g})",
             fmt(gw["frames_per_s"]),
         ),
-        ("rows/s (reading + info)", fmt(gw["rows_per_s"])),
+        (
+            "rows/s (reading + info): replied; into PostgreSQL incl. catch-up",
+            f"{fmt(gw['rows_per_s'])}; {fmt(gw['rows_per_s_into_db'])} "
+            f"({gw['catch_up_s']:.0f} s after the run)",
+        ),
         (
             "reply latency p50 / p95 / p99 / max",
             f"{lat['p50']} / {lat['p95']} / {lat['p99']} / {lat['max']} ms",
@@ -304,7 +312,7 @@ stopped:
 Where the time goes (gateway metrics and /proc samples of this run):
 
 {table(("what", "measured"), where_time_goes(gw))}
-{render_profile(d.get("profile_top"))}"""
+{render_timeline(gw)}{render_profile(d.get("profile_top"))}"""
 
 
 def _sum(metrics: dict[str, float], name: str) -> float:
@@ -328,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admin-dsn", default=ADMIN_DSN)
     p.add_argument("--profile", type=Path, help="run the gateway under cProfile (slower)")
     p.add_argument("--no-write", action="store_true", help="print only, write no files")
+    p.add_argument("--tag", help="appended to the report name: <date>-<scenario>-<tag>")
     args = p.parse_args(argv)
     if args.scenario == "backfill-storm":
         args.speed = 1.0  # the history goes at once; the schedule behind it at real speed
@@ -350,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "fleet",
         "scenario": args.scenario,
         "started": started.isoformat(timespec="seconds"),
-        "command": "benchmarks/fleet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("benchmarks/fleet.py", argv),
         "machine": {**machine(), "postgresql": pg_version},
         "devices": args.devices,
         "processes": processes,
@@ -369,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     md = render(data)
     print(md)
     if not args.no_write:
-        paths = write_report(args.scenario, md, data)
+        name = f"{args.scenario}-{args.tag}" if args.tag else args.scenario
+        paths = write_report(name, md, data)
         print(f"written: {paths[0]}, {paths[1]}")
     else:
         print(json.dumps(data["targets"], indent=1))

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import socket
 import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,9 @@ more than a few hundred per unit), so a dead gateway cannot exhaust memory."""
 SPLIT_WRITE_DELAY_S: Final = 0.02
 """Pause between the pieces of a frame sent in several writes (Q7): long enough that
 the gateway reads the pieces separately, short against any reply timeout."""
+STORM_FLUSH_S: Final = 2.0
+"""Reconnect storm: a unit drops its connection once the bytes it wrote have reached
+the gateway's socket, waiting at most this long (see ``_Conn.unsent_bytes``)."""
 POLL_S: Final = 0.1
 """How often the run checks whether a phase is over."""
 CONNECTS_IN_FLIGHT: Final = 2_048
@@ -56,6 +61,7 @@ _STORM_DROPPED: Final = 1
 _STORM_BACK: Final = 2
 
 _LINGER_0: Final = struct.pack("ii", 1, 0)
+_INT_0: Final = struct.pack("i", 0)
 # Linux value of IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h); Python 3.11 lacks it.
 _IP_BIND_ADDRESS_NO_PORT: Final = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
@@ -82,9 +88,10 @@ class RunConfig:
     drain_s: float | None = None
     """Real seconds to let queues empty and replies arrive after the load phase
     (default: OverTime x (ReCount + 1) + 5 s, the longest a last frame can need)."""
-    settle_s: float = 1.0
-    """Pause before closing, so frames that ask for no reply are read by the gateway
-    (on loopback they arrive in microseconds; a second covers a gateway busy with a storm)."""
+    settle_s: float = 10.0
+    """At most this long before closing for every byte written to reach the gateway's
+    socket: a reset (SO_LINGER 0) discards bytes the peer has not acknowledged, and a
+    gateway that paused reading under backpressure acknowledges nothing until it resumes."""
     idle_hold_s: float = 0.0
     """Seconds every unit stays connected and silent before the schedule starts: lets a
     benchmark measure what idle connections cost the gateway."""
@@ -150,6 +157,20 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.dev.pump()
 
+    def unsent_bytes(self) -> int:
+        """Bytes written but not yet acknowledged by the gateway's kernel: in the
+        transport's buffer, held for a split write, or in the socket's send queue
+        (SIOCOUTQ, Linux; elsewhere only the first two are known)."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return 0
+        n = t.get_write_buffer_size() + sum(len(d) for d in self.delayed or ())
+        sock = t.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _INT_0))[0]
+        return n
+
     def write(self, data: bytes, split: bool, loop: asyncio.AbstractEventLoop) -> None:
         """Write bytes in order; ``split`` sends the frame in two pieces (Q7)."""
         t = self.transport
@@ -191,6 +212,7 @@ class _Device:
         "failures",
         "generation",
         "history_left",
+        "holding",
         "last_qn_ms",
         "outbox",
         "run",
@@ -221,6 +243,7 @@ class _Device:
         self.generation = 0
         self.failures = 0
         self.history_left = 0
+        self.holding = False
         self.storm_state = _STORM_NONE
 
     @property
@@ -310,9 +333,13 @@ class _Device:
         run.stats.error(f"connection of {self.spec.mn} lost: {exc!r}")
         self._retry_connect()
 
+    def flushed(self) -> bool:
+        return self.conn is None or self.conn.unsent_bytes() == 0
+
     def drop(self) -> None:
         """Reconnect storm: lose the connection now (a reset), then dial again."""
         conn = self.conn
+        self.holding = False
         self.generation += 1
         self.storm_state = _STORM_DROPPED
         if conn is not None:
@@ -415,7 +442,7 @@ class _Device:
         out = self.outbox
         while self.waiting is None and out:
             conn = self.conn
-            if conn is None or conn.paused:
+            if conn is None or conn.paused or self.holding:
                 return
             item = out.popleft()
             if type(item) is Event:
@@ -565,8 +592,18 @@ class SliceRun:
             self.wake()
 
     def _storm(self) -> None:
-        if not self.loading:
-            return
+        if self.loading:
+            task = self.loop.create_task(self._storm_now())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _storm_now(self) -> None:
+        """Every unit stops writing, waits until what it wrote has reached the gateway
+        (so the reset loses nothing the accounting counts as sent), drops, redials."""
+        for dev in self.devices:
+            dev.holding = True
+        end = self.loop.time() + STORM_FLUSH_S
+        await self._wait(end, lambda: all(d.flushed() for d in self.devices))
         self.storm_t0 = time.monotonic()
         self.stats.storm_devices = len(self.devices)
         for dev in self.devices:
@@ -582,6 +619,7 @@ class SliceRun:
         self.loop = asyncio.get_running_loop()
         stats = self.stats
         self.devices = [_Device(self, spec) for spec in self.specs]
+        cpu0 = time.process_time()
         try:
             t0 = time.monotonic()
             await asyncio.gather(*(dev.connect() for dev in self.devices))
@@ -596,6 +634,7 @@ class SliceRun:
             self.closing = True
             self.loading = False
             await self._close()
+            stats.cpu_s = time.process_time() - cpu0
         return stats
 
     async def _load(self) -> None:
@@ -626,7 +665,9 @@ class SliceRun:
         end = self.loop.time() + self.cfg.drain_deadline_s
         await self._wait(end, lambda: all(d.idle for d in self.devices))
         self.stats.drain_s = time.monotonic() - t0
-        await asyncio.sleep(self.cfg.settle_s)
+        end = self.loop.time() + self.cfg.settle_s
+        await self._wait(end, lambda: all(d.flushed() for d in self.devices))
+        self.stats.undelivered = sum(1 for d in self.devices if not d.flushed())
 
     def stopped(self) -> bool:
         return self.closing

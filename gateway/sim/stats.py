@@ -46,6 +46,8 @@ class SimStats:
     unsent: int = 0
     """Frames (or due slots) still queued when the run ended."""
     outbox_dropped: int = 0
+    undelivered: int = 0
+    """Connections closed with written bytes the gateway had not yet acknowledged."""
     rows_reading: int = 0
     """Distinct (mn, cn, data_time, code) reading rows sent."""
     rows_info: int = 0
@@ -54,6 +56,8 @@ class SimStats:
     latency_count: int = 0
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
+    cpu_s: float = 0.0
+    """CPU time of the simulator process(es) over the run."""
     load_s: float = 0.0
     """Real seconds of the load phase (schedule running)."""
     drain_s: float = 0.0
@@ -107,6 +111,7 @@ class SimStats:
             "outbox_dropped",
             "rows_reading",
             "rows_info",
+            "undelivered",
             "error_count",
             "storm_devices",
             "storm_reconnected",
@@ -120,6 +125,7 @@ class SimStats:
             self.frames_by_cn[cn] = self.frames_by_cn.get(cn, 0) + n
         self.latencies.extend(other.latencies)
         self.errors.extend(other.errors[: max(0, ERRORS_KEPT - len(self.errors))])
+        self.cpu_s += other.cpu_s
         for name in (
             "connect_s",
             "load_s",
@@ -140,6 +146,7 @@ class SimStats:
             and self.gave_up == 0
             and self.unsent == 0
             and self.outbox_dropped == 0
+            and self.undelivered == 0
             and self.connected_at_end == self.devices
         )
 
@@ -184,6 +191,7 @@ def summary(stats: SimStats, meta: dict[str, Any]) -> dict[str, Any]:
                 "resends": stats.resends,
                 "unsent": stats.unsent,
                 "outbox_dropped": stats.outbox_dropped,
+                "undelivered_connections": stats.undelivered,
                 "per_s": None if load is None else round(stats.frames_sent / load, 1),
             },
             "distinct_rows": {
@@ -208,6 +216,7 @@ def summary(stats: SimStats, meta: dict[str, Any]) -> dict[str, Any]:
                 "max": _ms(ordered[-1] if ordered else None),
             },
             "phases_s": {"load": _s(stats.load_s), "drain": _s(stats.drain_s)},
+            "simulator_cpu_s": _s(stats.cpu_s),
             "errors": {"count": stats.error_count, "first": stats.errors},
         }
     )
@@ -249,7 +258,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"{c['disconnects']}",
         f"{'frames sent':<34}{f['sent']}  ({f['per_s']}/s, {f['bytes']} bytes)",
         f"{'  by CN':<34}" + ", ".join(f"{k}: {v}" for k, v in f["by_cn"].items()),
-        f"{'resends / unsent':<34}{f['resends']} / {f['unsent']}",
+        f"{'resends / unsent / undelivered':<34}{f['resends']} / {f['unsent']} / "
+        f"{f['undelivered_connections']}",
         f"{'distinct rows sent':<34}reading {rows['reading']}, info {rows['info']}",
         f"{'replies (matched / expected)':<34}{r['replied']} / {r['expected']}  "
         f"(received {r['received']}, unmatched {r['unmatched']}, bad {r['bad']})",

@@ -386,7 +386,7 @@ async def _run_against_fake(seen: _Seen, cfg: RunConfig) -> SimStats:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _FakeGateway(seen), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    cfg = dataclasses.replace(cfg, port=port, settle_s=0.1)
+    cfg = dataclasses.replace(cfg, port=port)
     try:
         return await run_in_loop(cfg)
     finally:

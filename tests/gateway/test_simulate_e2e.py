@@ -60,7 +60,6 @@ async def test_every_reply_comes_and_sqlite_holds_exactly_the_distinct_rows(
             duration_s=3.0,
             speed=160.0,  # 8 simulated minutes
             over_time_s=5.0,
-            settle_s=0.3,
         )
         stats = await run_in_loop(cfg)
     finally:
