@@ -63,7 +63,7 @@ from e2e import (
     write_report,
 )
 
-from gateway.sim import FleetConfig, RunConfig, processes_needed, summary
+from gateway.sim import STORM_STYLES, FleetConfig, RunConfig, processes_needed, summary
 
 SCENARIOS: Final = ("steady", "reconnect-storm", "backfill-storm")
 SAMPLE_S: Final = 1.0
@@ -98,6 +98,7 @@ def _config(args: argparse.Namespace, port: int) -> RunConfig:
         history_hours=args.history_hours,
         over_time_s=over_time,
         storm_after_s=args.storm_after,
+        storm_style=args.storm_style,
         idle_hold_s=args.idle_hold,
     )
 
@@ -258,7 +259,9 @@ def render(d: dict[str, Any]) -> str:
                 "reconnect storm",
                 f"{storm['reconnected']}/{storm['devices']} back in {storm['reconnected_s']} s,"
                 f" {storm['storing_again']} storing again in {storm['storing_again_s']} s; "
-                f"session takeovers {fmt(_sum(md, 'hj212_session_takeovers_total'))}",
+                f"session takeovers {fmt(_sum(md, 'hj212_session_takeovers_total'))}; old "
+                f"connections closed by the gateway {storm['old_connections_closed_by_gateway']},"
+                f" left open {storm['old_connections_left_open']}",
             )
         )
     backfill = sim.get("backfill_storm")
@@ -329,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="pass --workers N to serve")
     p.add_argument("--history-hours", type=int, default=24)
     p.add_argument("--storm-after", type=float, help="reconnect storm after S s")
+    p.add_argument(
+        "--storm-style",
+        choices=STORM_STYLES,
+        default="reset",
+        help="old connections reset, or left open and silent until the gateway closes them",
+    )
     p.add_argument("--idle-hold", type=float, default=10.0, help="idle seconds before load")
     p.add_argument("--quirky-share", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1)
@@ -340,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.scenario == "backfill-storm":
         args.speed = 1.0  # the history goes at once; the schedule behind it at real speed
-    processes = args.processes or processes_needed(args.devices)
+    silent = args.scenario == "reconnect-storm" and args.storm_style == "silent"
+    processes = args.processes or processes_needed(args.devices, 2 if silent else 1)
     started = dt.datetime.now().astimezone()
     with throwaway_database(args.admin_dsn) as dsn:
         pg_version, postmaster = asyncio.run(server_info(dsn))

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.sim import (
     MODES,
+    STORM_STYLES,
     FleetConfig,
     RunConfig,
     SimStats,
@@ -88,6 +89,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storm-after", type=float, help="reconnect storm: seconds in (default duration/3)"
     )
+    p.add_argument(
+        "--storm-style",
+        choices=STORM_STYLES,
+        default="reset",
+        help="reconnect storm: old connections reset, or left open and silent (dead modems)",
+    )
     p.add_argument("--profile-mix", default="water=0.5,gas=0.4,incinerator=0.1")
     p.add_argument("--version-mix", default="2017=0.8,2005=0.1,2025=0.1")
     p.add_argument("--quirky-share", type=float, default=0.1, help="share of quirky units")
@@ -147,14 +154,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, int]:
         raise ValueError("--history-hours must be between 0 and 8784 (a year)")
     if not 0 <= args.re_count <= 99:
         raise ValueError("--re-count must be between 0 and 99 (HJ 212-2017 ReCount)")
-    processes = args.processes or processes_needed(args.devices)
+    per_unit = 2 if args.mode == "reconnect-storm" and args.storm_style == "silent" else 1
+    processes = args.processes or processes_needed(args.devices, per_unit)
     if processes < 1 or processes > args.devices:
         raise ValueError("--processes must be between 1 and --devices")
-    if -(-args.devices // processes) > SOCKETS_PER_PROCESS_MAX:
+    if -(-args.devices * per_unit // processes) > SOCKETS_PER_PROCESS_MAX:
         raise ValueError(
             f"{args.devices} devices over {processes} process(es) exceeds "
             f"{SOCKETS_PER_PROCESS_MAX} connections per process; use --processes "
-            f"{processes_needed(args.devices)} or more"
+            f"{processes_needed(args.devices, per_unit)} or more"
         )
     try:
         zone = ZoneInfo(args.timezone)
@@ -192,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, int]:
         over_time_s=over_time,
         re_count=args.re_count,
         storm_after_s=args.storm_after,
+        storm_style=args.storm_style,
         idle_hold_s=args.idle_hold,
     )
     return cfg, processes

@@ -8,13 +8,14 @@ distinct rows the gateway should hold afterwards).
 
 from __future__ import annotations
 
-from gateway.sim.client import MODES, RunConfig, SliceRun
+from gateway.sim.client import MODES, STORM_STYLES, RunConfig, SliceRun
 from gateway.sim.fleet import DeviceSpec, FleetConfig, make_fleet, parse_mix
 from gateway.sim.runner import processes_needed, run_in_loop, run_processes
 from gateway.sim.stats import SimStats, render_text, summary
 
 __all__ = [
     "MODES",
+    "STORM_STYLES",
     "DeviceSpec",
     "FleetConfig",
     "RunConfig",

@@ -33,6 +33,11 @@ from gateway.sim.stats import SimStats
 from protocol import Frame, FrameBuffer
 
 MODES: Final = ("steady", "reconnect-storm", "backfill-storm")
+STORM_STYLES: Final = ("reset", "silent")
+"""How a unit loses its connection in a reconnect storm: ``reset`` (the gateway sees a
+TCP reset at once) or ``silent`` (a dead modem: the old connection stays open and quiet
+until the gateway closes it when the unit's MN arrives on the new one, field-quirks Q21;
+this holds two sockets per unit for a while)."""
 
 CONNECT_TIMEOUT_S: Final = 10.0
 """A connect that takes longer is abandoned and retried: a SYN lost to a full accept
@@ -84,6 +89,7 @@ class RunConfig:
     re_count: int = 3
     storm_after_s: float | None = None
     """Reconnect storm: real seconds after the start (default: a third of the duration)."""
+    storm_style: str = "reset"
     connects_in_flight: int = CONNECTS_IN_FLIGHT
     drain_s: float | None = None
     """Real seconds to let queues empty and replies arrive after the load phase
@@ -129,7 +135,7 @@ def _reply_key(segment: bytes) -> tuple[bytes, bytes]:
 class _Conn(asyncio.Protocol):
     """One TCP connection of one unit."""
 
-    __slots__ = ("delayed", "dev", "framer", "intentional", "paused", "transport")
+    __slots__ = ("delayed", "dev", "framer", "intentional", "orphan", "paused", "transport")
 
     def __init__(self, dev: _Device) -> None:
         self.dev = dev
@@ -137,6 +143,7 @@ class _Conn(asyncio.Protocol):
         self.framer = FrameBuffer(lenient=True)
         self.paused = False
         self.intentional = False
+        self.orphan = False
         self.delayed: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,6 +155,9 @@ class _Conn(asyncio.Protocol):
         self.dev.on_data(self, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.orphan:
+            self.orphan = False
+            self.dev.run.orphan_closed(self)
         self.dev.on_lost(self, exc)
 
     def pause_writing(self) -> None:
@@ -345,7 +355,10 @@ class _Device:
         if conn is not None:
             conn.intentional = True
             self._detach(conn)
-            if conn.transport is not None:
+            if self.run.cfg.storm_style == "silent":
+                conn.orphan = True  # left open and silent, like a dead modem's
+                self.run.orphans.add(conn)
+            elif conn.transport is not None:
                 conn.transport.abort()
 
     def close(self) -> None:
@@ -555,6 +568,7 @@ class SliceRun:
         self.backfill_left = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self.orphans: set[_Conn] = set()
 
     # clock ----------------------------------------------------------------------------
 
@@ -572,6 +586,13 @@ class SliceRun:
         task = self.loop.create_task(dev.connect())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def orphan_closed(self, conn: _Conn) -> None:
+        """The gateway closed a connection a silent storm left behind."""
+        if conn in self.orphans:
+            self.orphans.discard(conn)
+            if not self.closing:
+                self.stats.storm_orphans_closed += 1
 
     def storm_back(self, seconds: float) -> None:
         s = self.stats
@@ -696,6 +717,9 @@ class SliceRun:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        stats.storm_orphans_left = len(self.orphans)
+        for conn in list(self.orphans):
+            conn.close()
         for dev in self.devices:
             dev.stop_schedule()
             if dev.ack_timer is not None:

@@ -32,9 +32,10 @@ RESULT_MARGIN_S: Final = 120.0
 process's result (process start, connecting, closing)."""
 
 
-def processes_needed(devices: int) -> int:
-    """The fewest processes that keep each under ``SOCKETS_PER_PROCESS_MAX`` sockets."""
-    return max(1, -(-devices // SOCKETS_PER_PROCESS_MAX))
+def processes_needed(devices: int, sockets_per_device: int = 1) -> int:
+    """The fewest processes that keep each under ``SOCKETS_PER_PROCESS_MAX`` sockets
+    (a silent reconnect storm holds two per unit for a while)."""
+    return max(1, -(-devices * sockets_per_device // SOCKETS_PER_PROCESS_MAX))
 
 
 def slices(devices: int, processes: int) -> list[tuple[int, int]]:

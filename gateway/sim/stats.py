@@ -68,6 +68,10 @@ class SimStats:
     storm_storing_s: float | None = None
     """Seconds from the storm until the last device got its first reply after it."""
     storm_storing: int = 0
+    storm_orphans_closed: int = 0
+    """Silent storm: old connections the gateway closed (MN taken over by the new one)."""
+    storm_orphans_left: int = 0
+    """Silent storm: old connections still open at the end of the run."""
     backfill_frames: int = 0
     backfill_done_s: float | None = None
     """Seconds from the start of the load phase until every device finished its history."""
@@ -116,6 +120,8 @@ class SimStats:
             "storm_devices",
             "storm_reconnected",
             "storm_storing",
+            "storm_orphans_closed",
+            "storm_orphans_left",
             "backfill_frames",
             "backfill_devices_done",
             "latency_count",
@@ -227,6 +233,8 @@ def summary(stats: SimStats, meta: dict[str, Any]) -> dict[str, Any]:
             "reconnected_s": _s(stats.storm_reconnected_s),
             "storing_again": stats.storm_storing,
             "storing_again_s": _s(stats.storm_storing_s),
+            "old_connections_closed_by_gateway": stats.storm_orphans_closed,
+            "old_connections_left_open": stats.storm_orphans_left,
         }
     if stats.backfill_frames:
         done = stats.backfill_done_s
@@ -272,7 +280,9 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(
             f"{'reconnect storm':<34}{storm['reconnected']}/{storm['devices']} back in "
             f"{storm['reconnected_s']} s; {storm['storing_again']} storing again in "
-            f"{storm['storing_again_s']} s"
+            f"{storm['storing_again_s']} s; old connections closed by the gateway "
+            f"{storm['old_connections_closed_by_gateway']}, left open "
+            f"{storm['old_connections_left_open']}"
         )
     backfill = report.get("backfill_storm")
     if backfill:

@@ -32,7 +32,7 @@ from gateway.sim.content import (
     rows_per_frame,
 )
 from gateway.sim.fleet import PROFILES, QUIRKS_2005, VERSIONS, DeviceSpec, apportion, source_ip
-from gateway.sim.runner import slices
+from gateway.sim.runner import processes_needed, slices
 from gateway.sim.schedule import due, history, next_due, streams
 from gateway.sim.stats import SimStats, percentile
 from protocol import (
@@ -130,9 +130,12 @@ def test_source_addresses_are_loopback_and_change_on_reconnect() -> None:
     assert int(source_ip(999_999, generation=7).split(".")[1]) < 256
 
 
-def test_slices_cover_the_fleet() -> None:
+def test_slices_cover_the_fleet_within_the_file_limit() -> None:
     assert slices(10, 3) == [(0, 4), (4, 7), (7, 10)]
     assert slices(2, 4) == [(0, 1), (1, 2)]
+    assert processes_needed(12_000) == 1
+    assert processes_needed(12_000, sockets_per_device=2) == 2  # silent storm
+    assert processes_needed(100_000) == 6
 
 
 # -- schedule -------------------------------------------------------------------------

@@ -75,3 +75,42 @@ async def test_every_reply_comes_and_sqlite_holds_exactly_the_distinct_rows(
     assert _count(db, "SELECT count(*) FROM info") == stats.rows_info
     # Every transmission was archived, resends included.
     assert _count(db, "SELECT count(*) FROM frame WHERE ok") == stats.frames_sent + stats.resends
+
+
+async def test_silent_reconnect_storm_is_taken_over_by_the_gateway(tmp_path: Path) -> None:
+    """Units whose old connections stay open and silent (dead modems) redial: the gateway
+    hands each MN to the new connection and closes the old one (field-quirks Q21)."""
+    db = tmp_path / "t.sqlite3"
+    settings = load_settings(
+        None,
+        {
+            "listen": {"port": 0, "host": "127.0.0.1"},
+            "metrics": {"port": 0, "host": "127.0.0.1"},
+            "storage": {"sqlite_path": str(db)},
+        },
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        cfg = RunConfig(
+            host="127.0.0.1",
+            port=gateway.port,
+            fleet=FleetConfig(devices=10, seed=7, quirky_share=0.0),
+            sim_start=START,
+            mode="reconnect-storm",
+            storm_style="silent",
+            storm_after_s=0.5,
+            duration_s=2.0,
+            speed=60.0,
+            over_time_s=5.0,
+        )
+        stats = await run_in_loop(cfg)
+    finally:
+        await gateway.stop()
+
+    assert stats.errors == []
+    assert stats.ok
+    assert stats.storm_reconnected == 10
+    assert stats.storm_orphans_closed == 10
+    assert stats.storm_orphans_left == 0
+    assert _count(db, "SELECT count(*) FROM reading") == stats.rows_reading
