@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cmd_replay",
     "gateway.cmd_db",
     "gateway.cmd_device",
+    "gateway.cmd_send",
     "gateway.cmd_report",
     "gateway.cmd_simulate",
     "gateway.cmd_config",
