@@ -1,6 +1,10 @@
 -- TimescaleDB only (no-op on plain PostgreSQL): the time-series tables become
 -- hypertables and get compression settings. Policies (compress after N days, retention)
 -- depend on configuration and are set by the store after the migrations run.
+-- The layout follows hj212.frame (002_frame.sql): only when the frame archive is a
+-- hypertable do the value tables become hypertables too. A schema whose frame table was
+-- partitioned before the extension was created stays plain PostgreSQL throughout (the
+-- compression settings below would fail on a partitioned table).
 --
 -- Chunk intervals (ecosystem.md 4.3: the indexes of the chunks being written should fit
 -- in about a quarter of memory): reading takes ~4,400 rows/s for a 12,000-device fleet,
@@ -11,6 +15,10 @@
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable
+                   WHERE schema_name = 'hj212' AND table_name = 'frame') THEN
         RETURN;
     END IF;
     EXECUTE $sql$SELECT create_hypertable('hj212.reading', 'data_time',
