@@ -23,7 +23,9 @@ from zoneinfo import ZoneInfo
 from prometheus_client import CollectorRegistry
 
 from config import Settings
+from gateway.commands import CommandDispatcher
 from gateway.coverage_metrics import COVERAGE_REFRESH_S, CoverageCache, CoverageCollector
+from gateway.forward import Forwarder, ForwardError, Selector
 from gateway.http import MetricsServer
 from gateway.hub import SWEEP_INTERVAL_S, Hub
 from gateway.logs import configure_logging, get_logger
@@ -31,8 +33,11 @@ from gateway.metrics import Metrics
 from gateway.registry import DeviceRegistry
 from protocol import CrcVariant, Quirk, RejectReason, known_cns, known_sts
 from storage import BatchWriter, StorageError, Store, open_store
+from storage.commands import command_store
+from storage.outbox import outbox_store
 from storage.postgres import PostgresStore
 from storage.roster import ensure_snapshot
+from storage.spool import Spool, spool_directory
 
 uvloop: ModuleType | None
 try:
@@ -73,6 +78,8 @@ class Gateway:
         self.writer: BatchWriter | None = None
         self.hub: Hub | None = None
         self.devices: DeviceRegistry | None = None
+        self.commands: CommandDispatcher | None = None
+        self.forwarder: Forwarder | None = None
         self.server: asyncio.Server | None = None
         self.http: MetricsServer | None = None
         self.port = 0
@@ -90,6 +97,13 @@ class Gateway:
             self.log.info("migrations applied", migrations=applied)
         self.db_ok = True
         st = s.storage
+        spool = None
+        if st.spool_enabled:
+            spool = Spool(
+                spool_directory(st, self.worker),
+                max_bytes=st.spool_max_bytes,
+                segment_bytes=st.spool_segment_bytes,
+            )
         self.writer = BatchWriter(
             self.store,
             queue_rows=st.queue_rows,
@@ -102,6 +116,8 @@ class Gateway:
             on_high_water=self._on_high_water,
             on_low_water=self._on_low_water,
             on_batch=self._on_batch,
+            spool=spool,
+            spool_after_s=st.spool_after_s,
         )
         await self.writer.start()
         self.devices = DeviceRegistry(s.auth.policy)
@@ -118,10 +134,27 @@ class Gateway:
         )
         self.metrics.add_store_collector(self.store.stats)
         self.metrics.add_queue_collector(self._queue_gauges)
+        self.metrics.add_spool_collector(self.writer.stats, self.writer.spool_stats)
         if isinstance(self.store, PostgresStore) and self.worker == 0:
             # Coverage describes the whole fleet (from the database): one process exports
             # it and keeps the daily snapshots, or the supervisor's sum would multiply it.
             self._spawn(self._coverage_loop(self.store))
+        # Platform-to-device commands: NOTIFY wakes the workers on PostgreSQL; SQLite polls.
+        self.commands = CommandDispatcher(
+            s,
+            self.hub,
+            command_store(self.store),
+            self.metrics,
+            self.log,
+            worker=self.worker,
+            utc_offset_us=self.hub.utc_offset_us,
+            listen_dsn=None if s.storage.dsn is None else s.storage.dsn.get_secret_value(),
+        )
+        self.hub.commands = self.commands
+        await self.commands.start()
+        if s.forward.upstreams:
+            # Selected before the listener opens, so every stored frame is queued.
+            self.hub.forward = Selector(s.forward.upstreams)
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             self.hub.make_connection,
@@ -135,6 +168,16 @@ class Gateway:
             # Half-open sockets of dead modems are also reaped by the idle timeout;
             # keepalive makes the kernel notice sooner where the peer's stack answers.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if s.forward.upstreams:
+            self.forwarder = Forwarder(
+                s.forward, s.listen, outbox_store(self.store), self.metrics, self.log,
+                worker=self.worker,
+            )  # fmt: skip
+            try:
+                await self.forwarder.start(self.port)  # refuses an upstream that is us
+            except ForwardError:
+                await self.stop()
+                raise
         if s.metrics.enabled:
             self.http = MetricsServer(self.registry, self.ready)
             self.metrics_port = await self.http.start(s.metrics.host, s.metrics.port)
@@ -175,6 +218,10 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.forwarder is not None:
+            await self.forwarder.stop()
+        if self.commands is not None:
+            await self.commands.stop()
         if hub is not None:
             await self._flush_presence()
             for conn in list(hub.connections):
@@ -216,6 +263,9 @@ class Gateway:
         if ok:
             m.batch_rows.observe(rows)
             self.db_ok = True
+            if self.forwarder is not None:  # the batch's outbox rows are readable now
+                self.forwarder.wake()
+            self.log.debug("batch written", rows=rows, seconds=round(seconds, 4))
         else:
             m.writer_retries.inc()
             m.writer_errors.labels(kind).inc()
@@ -231,8 +281,8 @@ class Gateway:
         """Readiness: can make data durable now and is not draining."""
         if self._stopping or self.hub is None or self.writer is None:
             return False, "draining"
-        if not self.db_ok:
-            return False, "database unreachable"
+        if not self.db_ok and not self.writer.spool_has_room():
+            return False, "database unreachable (and no spool room)"
         if self.hub.paused:
             return False, "write queue above high water"
         return True, "ready"
@@ -321,4 +371,7 @@ def run_gateway(gateway: Gateway, on_started: Callable[[], None] | None = None) 
     except StorageError as exc:
         gateway.log.error("cannot start: storage unavailable", error=str(exc))
         return 1
+    except ForwardError as exc:
+        gateway.log.error("cannot start: forward configuration", error=str(exc))
+        return 2
     return 0

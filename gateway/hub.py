@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import Settings
 from gateway.connection import DeviceConnection
@@ -38,7 +39,18 @@ from protocol import (
     reframe,
     reply_for,
 )
-from storage import BatchWriter, Entry, FrameRow, PresenceRow, Store, entry_for_packet
+from storage import (
+    BatchWriter,
+    Entry,
+    ForwardTo,
+    FrameRow,
+    PresenceRow,
+    Store,
+    entry_for_packet,
+)
+
+if TYPE_CHECKING:
+    from gateway.commands import CommandDispatcher
 
 # How often the sweep looks for idle connections and stale partial frames. Checking
 # 19,000 connections costs a few milliseconds, so once a second is cheap and keeps the
@@ -80,6 +92,10 @@ class Hub:
         self.settings = settings
         self.registry = registry or DeviceRegistry(settings.auth.policy)
         self.store = store
+        self.commands: CommandDispatcher | None = None
+        """Platform-to-device commands (set by the app): told of claims and packets."""
+        self.forward: Callable[[Packet, str], ForwardTo | None] | None = None
+        """Upstreams an accepted frame is forwarded to (set by the app: forward.Selector)."""
         self._background: set[asyncio.Task[None]] = set()
         self.metrics = metrics
         self.writer = writer
@@ -214,6 +230,8 @@ class Hub:
         conn.bytes_without_frame = 0
         if mn not in conn.mns or self.sessions.get(mn) is not conn:
             self.claim(mn, conn)
+            if self.commands is not None:
+                self.commands.on_claim(mn, conn, packet)
         if verdict is Verdict.FIRST_PASSWORD and packet.pw:
             self._record_password(mn, packet.pw)
         for quirk in packet.quirks:
@@ -257,6 +275,8 @@ class Hub:
                 entry = entry_for_packet(
                     packet, row, utc_offset_us=self.utc_offset_us, profile=self._profile(packet)
                 )
+                if self.forward is not None:  # queued in the outbox with the frame
+                    entry.forward = self.forward(packet, kind)
         except ProtocolError as exc:
             self.on_rejected(
                 conn,
@@ -281,6 +301,8 @@ class Hub:
             metrics.frame(cn_label, packet.version, "queue_full").inc()
             metrics.rows_refused.labels("queue_full").inc(entry.row_count)
         self._touch(mn, conn, packet, wall_us, _first_data_time(entry), reject=False)
+        if self.commands is not None:  # answers to commands, clock skew
+            self.commands.on_packet(conn, packet, kind, wall_us, stored=accepted)
 
     def _profile(self, packet: Packet) -> Any:
         device = self.registry.get(packet.mn)
@@ -295,6 +317,8 @@ class Hub:
         self, conn: DeviceConnection, packet: Packet, verdict: Verdict, now: float, wall_us: int
     ) -> None:
         """Auth refused the packet: archive it (rate-limited), count, no reply, no rows."""
+        if self.commands is not None:  # e.g. the answer to a 1072 with the new password
+            self.commands.on_refused(conn, packet, wall_us)
         metrics = self.metrics
         metrics.auth_refused.labels(verdict.value).inc()
         metrics.frame(metrics.cn_label(packet.cn), packet.version, "refused").inc()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -31,6 +31,15 @@ OTHER = "other"
 REPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 WRITE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_ROW_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
+# Clock skew (device minus gateway, signed): network delay and a resend stay within
+# seconds; the 1012 threshold defaults to 60 s; clocks found at hours or a day off.
+CLOCK_SKEW_BUCKETS = tuple(
+    sorted({s * b for b in (1, 5, 15, 30, 60, 120, 300, 900, 3600, 86400) for s in (-1, 1)})
+)
+# Outcomes of platform-to-device commands and of answers (bounded label values).
+COMMAND_RESULTS = ("done", "failed", "expired")
+COMMAND_ANSWER_RESULTS = ("matched", "late", "unmatched")
+CLOCK_FIX_OUTCOMES = ("queued", "recent", "pending", "given_up", "error")
 
 # Connection close reasons (the ``reason`` label of hj212_connections_closed_total).
 CLOSE_REASONS = (
@@ -196,6 +205,50 @@ class _SpoolCollector(Collector):
         )
 
 
+class ForwardGauge(NamedTuple):
+    """What the forwarder reports per upstream at scrape time (gateway/forward)."""
+
+    upstream: str
+    queued: int
+    """Outbox frames of this worker not yet settled (counted every few seconds)."""
+    lag_s: float
+    """Age of the oldest of them (since the gateway received it)."""
+    connections: int
+
+
+class _ForwardCollector(Collector):
+    """Per-upstream gauges of the forwarder, read at scrape time."""
+
+    def __init__(self, read: Callable[[], Iterable[ForwardGauge]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauges = list(self._read())
+        queued = GaugeMetricFamily(
+            "hj212_forward_queued_frames",
+            "Frames in the outbox not yet delivered to the upstream.",
+            labels=["upstream"],
+        )
+        lag = GaugeMetricFamily(
+            "hj212_forward_lag_seconds",
+            "Age of the oldest frame not yet delivered to the upstream (0: none waiting); "
+            "the largest over the workers.",
+            labels=["upstream"],
+        )
+        conns = GaugeMetricFamily(
+            "hj212_forward_connections",
+            "Open connections to the upstream.",
+            labels=["upstream"],
+        )
+        for g in gauges:
+            queued.add_metric([g.upstream], g.queued)
+            lag.add_metric([g.upstream], g.lag_s)
+            conns.add_metric([g.upstream], g.connections)
+        yield queued
+        yield lag
+        yield conns
+
+
 def _version() -> str:
     try:
         return metadata.version("hj212-gateway")
@@ -328,6 +381,84 @@ class Metrics:
             "Rows still queued when the shutdown deadline passed (never replied to).",
             registry=r,
         )
+        # -- platform-to-device commands (gateway/commands) --
+        self.commands = Counter(
+            "hj212_commands",
+            "Platform-to-device commands that ended, by CN and result (done, failed, expired).",
+            ["cn", "result"],
+            registry=r,
+        )
+        self.command_frames = Counter(
+            "hj212_command_frames_sent",
+            "Command frames written to devices (first sends and resends), by CN.",
+            ["cn"],
+            registry=r,
+        )
+        self.command_answers = Counter(
+            "hj212_command_answers",
+            "Device answers (9011/9012/9013, data answers) by match: matched, late (its "
+            "command had ended), unmatched.",
+            ["result"],
+            registry=r,
+        )
+        self.clock_skew = Histogram(
+            "hj212_clock_skew_seconds",
+            "Device clock minus gateway clock, measured on real-time uploads: each device's "
+            "latest value once per presence interval.",
+            buckets=CLOCK_SKEW_BUCKETS,
+            registry=r,
+        )
+        self.clock_fixes = Counter(
+            "hj212_clock_fixes",
+            "Automatic 1012 decisions for clocks found off, by outcome (queued, recent, "
+            "pending, given_up, error).",
+            ["outcome"],
+            registry=r,
+        )
+        for result in COMMAND_ANSWER_RESULTS:
+            self.command_answers.labels(result)
+        for outcome in CLOCK_FIX_OUTCOMES:
+            self.clock_fixes.labels(outcome)
+        # -- forwarding to upstream platforms (gateway/forward); ``upstream`` label values
+        # are the configured names --
+        self.forward_queued = Counter(
+            "hj212_forward_queued",
+            "Frames read from the outbox to send, by upstream.",
+            ["upstream"],
+            registry=r,
+        )
+        self.forward_sent = Counter(
+            "hj212_forward_sent",
+            "Frames written to upstream connections (resends included), by upstream.",
+            ["upstream"],
+            registry=r,
+        )
+        self.forward_retries = Counter(
+            "hj212_forward_retries",
+            "Frames written again (connection lost, or no 9014 in time), by upstream.",
+            ["upstream"],
+            registry=r,
+        )
+        self.forward_confirmed = Counter(
+            "hj212_forward_confirmed",
+            "Frames delivered, by upstream and by what: 9014 (the upstream's reply) or write "
+            "(the frame asked for no reply).",
+            ["upstream", "by"],
+            registry=r,
+        )
+        self.forward_given_up = Counter(
+            "hj212_forward_given_up",
+            "Frames settled without delivery, by upstream and reason: unanswered (no 9014 "
+            "after every resend), refused (a rewrite failed its check; never sent).",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.forward_connect_failures = Counter(
+            "hj212_forward_connect_failures",
+            "Failed connection attempts to an upstream, by upstream.",
+            ["upstream"],
+            registry=r,
+        )
         self.frame = _Children(self.frames)
         self.reject = _Children(self.rejects)
         self.quirk = _Children(self.quirks)
@@ -364,6 +495,9 @@ class Metrics:
 
     def add_queue_collector(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(_QueueCollector(read))
+
+    def add_forward_collector(self, read: Callable[[], Iterable[ForwardGauge]]) -> None:
+        self.registry.register(_ForwardCollector(read))
 
     def add_spool_collector(
         self, writer: Callable[[], WriterStats], spool: Callable[[], SpoolStats | None]

@@ -48,7 +48,7 @@ WATCH_INTERVAL_S = 0.5
 # Extra time over the workers' own drain deadline before they are killed.
 STOP_MARGIN_S = 10.0
 # Metrics whose samples are not summed across workers but take the largest value.
-MAX_NOT_SUM = ("hj212_gateway_build_info",)
+MAX_NOT_SUM = ("hj212_gateway_build_info", "hj212_forward_lag_seconds")
 
 
 def _worker_main(settings: Settings, worker: int, report: Connection) -> None:

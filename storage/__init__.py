@@ -10,6 +10,7 @@ from __future__ import annotations
 from config.settings import StorageConfig
 from storage.base import (
     Entry,
+    ForwardTo,
     FrameRow,
     InfoRow,
     PresenceRow,
@@ -25,6 +26,7 @@ from storage.writer import BatchWriter, WriterStats
 __all__ = [
     "BatchWriter",
     "Entry",
+    "ForwardTo",
     "FrameRow",
     "InfoRow",
     "PresenceRow",

@@ -138,6 +138,17 @@ DEVICE_FIELDS: tuple[str, ...] = (
 )
 
 
+class ForwardTo(NamedTuple):
+    """Upstream platforms a frame is forwarded to (``forward`` settings): the store queues
+    it in the outbox for each, in the transaction that stores the frame."""
+
+    upstreams: tuple[str, ...]
+    """Names from ``forward.upstreams``."""
+    confirm: bool
+    """The frame asks for a reply (Flag bit A, with a QN): it counts as delivered once the
+    upstream's 9014 for it arrives; otherwise once it is written to the connection."""
+
+
 @dataclass(slots=True)
 class Entry:
     """What one received frame contributes to a batch.
@@ -151,11 +162,14 @@ class Entry:
     readings: Sequence[ReadingRow] = ()
     infos: Sequence[InfoRow] = ()
     statuses: Sequence[StatusRow] = ()
+    forward: ForwardTo | None = None
+    """Queue ``frame`` for these upstreams (never set without a frame)."""
 
     @property
     def row_count(self) -> int:
         framed = 0 if self.frame is None else 1
-        return framed + len(self.readings) + len(self.infos) + len(self.statuses)
+        queued = 0 if self.forward is None else len(self.forward.upstreams)
+        return framed + len(self.readings) + len(self.infos) + len(self.statuses) + queued
 
 
 @dataclass(slots=True)

@@ -14,12 +14,26 @@ Times are plain integers on the Python side: a ``timestamptz`` codec with
 ``format='tuple'`` hands asyncpg microseconds since 2000-01-01 directly, which cut the
 client's COPY cost per row from ~2.6 to ~0.8 us (performance.md section 4).
 
-Layouts: with the ``timescaledb`` extension installed in the database before the first
-migrate, the time-series tables are hypertables with compression and retention policies,
-and ``maintain`` also runs those jobs in the foreground (background policy jobs can fail
-on some PostgreSQL minor releases). On plain PostgreSQL ``hj212.frame`` has native daily
-range partitions on ``received_at``, created ahead (and on demand when a batch lands
-past them) and dropped by ``maintain`` after ``frame_retention_days``.
+Layouts, chosen once, by the migrate that creates ``hj212.frame``:
+
+- TimescaleDB: the server preloads the library (``shared_preload_libraries``) and the
+  ``timescaledb`` extension is in the database, or the server offers it
+  (``pg_available_extensions``) and the role may create it, which that migrate then
+  does. The time-series tables are hypertables with compression (segmented by ``mn``)
+  and retention policies, and ``maintain`` also does that work in the foreground
+  (background policy jobs can fail on some PostgreSQL minor releases).
+- Plain PostgreSQL: everything else. ``hj212.frame`` has native daily range partitions
+  on ``received_at``, created ahead (and on demand when a batch lands past them) and
+  dropped by ``maintain`` after ``frame_retention_days``. When the server offers
+  TimescaleDB but it cannot be used (not preloaded, or CREATE EXTENSION refused), that
+  migrate logs one warning saying why and the schema takes this layout.
+
+An extension created in the database but not preloaded by the server makes the database
+unusable for the store: its event triggers end the session (FATAL) at any DDL, the
+per-connection staging tables included, and rows inserted into a hypertable would land
+in its parent table, outside every chunk. Every new connection checks for that first
+and the store refuses it with a ``StorageError`` that says so (retriable: preloading the
+library and restarting PostgreSQL fixes it).
 
 Connections: the staging tables are per-connection temporary tables created when the pool
 opens a connection, so the store needs direct connections or session pooling; a
@@ -31,9 +45,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import asyncpg
@@ -54,6 +70,8 @@ from storage.base import (
 from storage.errors import map_error
 from storage.idempotency import Watermark, merge_presence, rounds
 from storage.migrate import MIGRATION_LOCK_KEY, SCHEMA_MIGRATIONS_DDL, load_migrations
+from storage.outbox_rows import insert_postgres as insert_outbox
+from storage.outbox_rows import outbox_rows
 
 __all__ = ["PostgresStore"]
 
@@ -208,6 +226,105 @@ ON CONFLICT (mn) DO UPDATE SET
 
 Layout = Literal["partitioned", "timescaledb", "plain"]
 
+_log = logging.getLogger(__name__)
+
+_TIMESCALE_STATE_SQL: Final = """
+SELECT (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
+       (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
+       EXISTS (SELECT 1 FROM pg_settings
+               WHERE name = 'timescaledb.max_background_workers' AND vartype = 'integer'),
+       to_regclass('hj212.frame') IS NULL
+"""
+"""The catalog answers ``TimescaleState`` is made of. Nothing here calls into the
+extension, so it is safe when the library is not loaded. The loader, which only
+``shared_preload_libraries`` can load, defines ``timescaledb.max_background_workers``
+as an integer; without it the name is at most a text placeholder. (The setting
+``shared_preload_libraries`` itself is readable by superusers only.)"""
+
+_HYPERTABLE_SQL: Final = """
+SELECT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable
+               WHERE schema_name = 'hj212' AND table_name = 'frame')
+"""
+"""Whether hj212.frame is a hypertable, from the extension's own catalog table (stable
+across 2.x releases, and no function of the extension is called)."""
+
+_CHUNKS_TO_COMPRESS_SQL: Final = """
+SELECT s.chunk::text
+FROM show_chunks($1::regclass, older_than => $2::timestamptz) AS s(chunk)
+JOIN pg_class c ON c.oid = s.chunk
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN _timescaledb_catalog.chunk ch ON ch.schema_name = n.nspname AND ch.table_name = c.relname
+WHERE ch.status <> 1 AND ch.status & 4 = 0
+ORDER BY 1
+"""
+"""Chunks entirely older than the cutoff that are not fully compressed: never compressed
+(status 0), or compressed and written to since (partial, 8; unordered, 2). Frozen (4)
+chunks are left alone. The same selection as TimescaleDB's own compression policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimescaleState:
+    """What the catalog says about TimescaleDB, as one connection sees it."""
+
+    installed: str | None
+    """Version of the extension created in this database (``pg_extension``), if any."""
+    available: str | None
+    """Default version the server could create (``pg_available_extensions``), if any."""
+    preloaded: bool
+    """The server loaded the library at start (``shared_preload_libraries``)."""
+    fresh: bool
+    """``hj212.frame`` does not exist yet: this migrate chooses the layout."""
+
+
+TimescaleAction = Literal["none", "create", "refuse"]
+
+
+def timescale_plan(state: TimescaleState) -> tuple[TimescaleAction, str | None]:
+    """What ``migrate`` does about TimescaleDB before the migrations run, and the warning
+    (or, for ``refuse``, the error) to give.
+
+    - ``refuse``: the extension is in the database and the server does not preload the
+      library: any DDL would end the session, whatever the layout (checked by every new
+      connection, not only by migrate);
+    - ``create``: the layout is still open and the server offers and preloads the
+      extension: try CREATE EXTENSION (which may still be refused: the role's rights);
+    - ``none``: nothing to do. The layout is already chosen (a later migrate never
+      changes it), or the extension is there and usable, or the server does not offer
+      it, or offers it without preloading it (warned about: plain layout).
+    """
+    if state.installed is not None and not state.preloaded:
+        return "refuse", (
+            f"timescaledb {state.installed} is installed in this database but the server "
+            "does not preload it, so every DDL statement here fails: add timescaledb to "
+            "shared_preload_libraries and restart PostgreSQL"
+        )
+    if not state.fresh or state.installed is not None:
+        return "none", None
+    if state.available is None:
+        return "none", None
+    if not state.preloaded:
+        return "none", _plain_warning(
+            state.available, "the server does not preload it (shared_preload_libraries)"
+        )
+    return "create", None
+
+
+def _plain_warning(version: str, reason: str) -> str:
+    return (
+        f"timescaledb {version} is available but not used: {reason}; hj212 takes the "
+        "plain PostgreSQL layout (daily frame partitions, no hypertables or compression). "
+        "The layout is chosen when the schema is created: to use TimescaleDB, make it "
+        "usable and migrate a new database."
+    )
+
+
+def layout_for(relkind: str, hypertable: bool) -> Layout:
+    """The layout of an existing schema from ``hj212.frame``'s ``relkind`` and whether it
+    is a hypertable."""
+    if relkind == "p":
+        return "partitioned"
+    return "timescaledb" if hypertable else "plain"
+
 
 def _day_name(day: int) -> str:
     return dt.datetime.fromtimestamp(day * 86_400, dt.UTC).strftime("%Y%m%d")
@@ -259,6 +376,10 @@ class PostgresStore:
             decoder=_decode_ts,
             format="tuple",
         )
+        # Before any DDL: with the extension created but not preloaded, DDL ends the session.
+        action, message = timescale_plan(await self._timescale_state(conn))
+        if action == "refuse":
+            raise StorageError(str(message), retriable=True, kind="schema")
         for table in (READING, INFO, STATUS):
             await conn.execute(table.stage_ddl)
 
@@ -325,6 +446,7 @@ class PostgresStore:
                 await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
                 try:
                     await conn.execute(SCHEMA_MIGRATIONS_DDL)
+                    ran += await self._prepare_timescaledb(conn)
                     done = {
                         r[0]
                         for r in await conn.fetch("SELECT version FROM hj212.schema_migrations")
@@ -354,6 +476,44 @@ class PostgresStore:
             raise map_error(exc, "migrate") from exc
         return ran
 
+    async def _timescale_state(self, conn: asyncpg.Connection) -> TimescaleState:
+        row = await conn.fetchrow(_TIMESCALE_STATE_SQL)
+        assert row is not None
+        return TimescaleState(
+            installed=row[0], available=row[1], preloaded=bool(row[2]), fresh=bool(row[3])
+        )
+
+    async def _prepare_timescaledb(self, conn: asyncpg.Connection) -> list[str]:
+        """Before the migrations: create the extension when this migrate chooses the
+        layout and the server can run it; say why not when it offers it but cannot."""
+        state = await self._timescale_state(conn)
+        action, message = timescale_plan(state)
+        if action == "create":
+            assert state.available is not None
+            reason = await self._create_timescaledb()
+            if reason is None:
+                return [f"created extension timescaledb {state.available}"]
+            message = _plain_warning(state.available, f"CREATE EXTENSION failed: {reason}")
+        if message is not None:
+            _log.warning("%s", message)
+        return []
+
+    async def _create_timescaledb(self) -> str | None:
+        """CREATE EXTENSION timescaledb; None when done, else why not. A connection of its
+        own: if the library turns out not to be loaded after all, the server ends the
+        session (FATAL), which must not take the migration lock's connection with it."""
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=PING_TIMEOUT_S)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            return " ".join(f"{type(exc).__name__}: {exc}".split())
+        finally:
+            conn.terminate()
+        return None
+
     async def _detect_layout(self, conn: asyncpg.Connection) -> Layout:
         row = await conn.fetchrow(
             """
@@ -369,17 +529,12 @@ class PostgresStore:
                 retriable=False,
                 kind="schema",
             )
-        if row[0] == "p":
+        relkind = str(row[0])
+        hypertable = relkind != "p" and bool(row[1]) and bool(await conn.fetchval(_HYPERTABLE_SQL))
+        layout = layout_for(relkind, hypertable)
+        if layout == "partitioned":
             await self._load_known_days(conn)
-            return "partitioned"
-        if row[1]:
-            hyper = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables "
-                "WHERE hypertable_schema = 'hj212' AND hypertable_name = 'frame')"
-            )
-            if hyper:
-                return "timescaledb"
-        return "plain"
+        return layout
 
     async def _load_known_days(self, conn: asyncpg.Connection) -> None:
         names = await conn.fetch(
@@ -475,7 +630,7 @@ class PostgresStore:
                     done += await self._create_partitions(conn, self._days_ahead(now))
                     done += await self._drop_partitions(conn, now)
                 elif self._layout == "timescaledb":
-                    done += await self._timescale_jobs(conn)
+                    done += await self._timescale_jobs(conn, now)
                 if self._reading_retention_days and self._layout != "timescaledb":
                     cutoff = now - self._reading_retention_days * DAY_US
                     status = await conn.execute(
@@ -506,30 +661,40 @@ class PostgresStore:
         await self._load_known_days(conn)
         return done
 
-    async def _timescale_jobs(self, conn: asyncpg.Connection) -> list[str]:
+    async def _timescale_jobs(self, conn: asyncpg.Connection, now_us: int) -> list[str]:
+        """What the retention and compression policies do, now: drop the chunks past
+        retention first (compressing them would be wasted), then compress every chunk
+        older than ``compress_after_days`` that is not fully compressed (never
+        compressed, or written to since: resends and revisions of old data). One chunk
+        per statement, so each commits on its own and holds its locks briefly."""
         done: list[str] = []
-        for table in ("reading", "info", "device_status", "frame"):
-            n = await conn.fetchval(
-                "SELECT count(compress_chunk(c, if_not_compressed => true)) "
-                "FROM show_chunks($1::regclass, "
-                "older_than => make_interval(days => $2::integer)) c",
-                f"hj212.{table}",
-                self._compress_after_days,
-            )
-            done.append(f"compressed {n} chunks of hj212.{table}")
         for table, days in (
             ("frame", self._frame_retention_days),
             ("reading", self._reading_retention_days),
         ):
             if not days:
                 continue
-            n = await conn.fetchval(
-                "SELECT count(*) FROM drop_chunks($1::regclass, "
-                "older_than => make_interval(days => $2::integer))",
+            dropped = await conn.fetch(
+                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)",
                 f"hj212.{table}",
-                days,
+                now_us - days * DAY_US,
             )
-            done.append(f"dropped {n} chunks of hj212.{table} older than {days} days")
+            if dropped:
+                done.append(
+                    f"dropped {len(dropped)} chunks of hj212.{table} older than {days} days"
+                )
+        cutoff = now_us - self._compress_after_days * DAY_US
+        for table in ("reading", "info", "device_status", "frame"):
+            chunks = await conn.fetch(_CHUNKS_TO_COMPRESS_SQL, f"hj212.{table}", cutoff)
+            for (chunk,) in chunks:
+                await conn.execute(
+                    "SELECT compress_chunk($1::regclass, if_not_compressed => true)", chunk
+                )
+            if chunks:
+                done.append(
+                    f"compressed {len(chunks)} chunks of hj212.{table} older than "
+                    f"{self._compress_after_days} days"
+                )
         return done
 
     # -- writes ------------------------------------------------------------------------
@@ -546,6 +711,7 @@ class PostgresStore:
         readings = [r for e in entries for r in e.readings]
         infos = [r for e in entries for r in e.infos]
         statuses = [r for e in entries for r in e.statuses]
+        outbox = outbox_rows(entries)
         fresh, maxima = self._watermark.check(entries)
         counts: dict[str, tuple[int, int, int]] = {}
         try:
@@ -560,6 +726,8 @@ class PostgresStore:
                     try:
                         async with conn.transaction():
                             await self._copy(conn, frames, readings, infos, statuses)
+                            if outbox:
+                                await insert_outbox(conn, outbox)
                     except pgexc.UniqueViolationError:
                         # Rows this process has not seen are in the table (another worker,
                         # an earlier run): redo the batch by the idempotent path.
@@ -568,6 +736,8 @@ class PostgresStore:
                 if not fresh:
                     async with conn.transaction():
                         counts = await self._upsert(conn, frames, readings, infos, statuses)
+                        if outbox:
+                            await insert_outbox(conn, outbox)
         except StorageError as known:
             self._count_error(known)
             raise

@@ -38,6 +38,8 @@ from storage.base import (
     StoreStats,
 )
 from storage.idempotency import Watermark, merge_presence, rounds
+from storage.outbox_rows import insert_sqlite as insert_outbox
+from storage.outbox_rows import outbox_rows
 
 __all__ = ["SqliteStore", "iso_from_us", "us_from_iso"]
 
@@ -130,6 +132,52 @@ CREATE VIEW quarantine AS
     SELECT received_at, id, peer, worker, mn, st, cn, qn, quirks, raw
     FROM frame WHERE reason = 'quarantine';
 CREATE INDEX frame_quarantine_idx ON frame (mn, received_at) WHERE reason = 'quarantine'
+""",
+    ),
+    (
+        3,
+        "command",
+        # Platform-to-device commands, as hj212.command (PostgreSQL migration 013) with
+        # JSON as text and ttl in seconds; no NOTIFY here: gateways poll (storage.commands).
+        """
+CREATE TABLE command (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, mn TEXT NOT NULL, cn INTEGER NOT NULL,
+    parameters TEXT NOT NULL DEFAULT '{}', qn TEXT,
+    state TEXT NOT NULL DEFAULT 'queued' CHECK (
+        state IN ('queued', 'sent', 'acknowledged', 'done', 'failed', 'expired')),
+    requested_by TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')),
+    sent_at TEXT, acknowledged_at TEXT, finished_at TEXT, ttl REAL,
+    attempts INTEGER NOT NULL DEFAULT 0, worker INTEGER, deadline TEXT,
+    qn_rtn INTEGER, exe_rtn INTEGER, answer TEXT, reason TEXT
+);
+CREATE INDEX command_queued_idx ON command (mn, id) WHERE state = 'queued';
+CREATE INDEX command_active_idx ON command (mn) WHERE state IN ('sent', 'acknowledged');
+CREATE INDEX command_mn_created_idx ON command (mn, created_at);
+ALTER TABLE presence ADD COLUMN clock_skew_s REAL;
+ALTER TABLE presence ADD COLUMN clock_skew_at TEXT
+""",
+    ),
+    (
+        4,
+        "forward",
+        # Store and forward to upstream platforms, as hj212.forward_outbox (PostgreSQL
+        # migration 014; storage.outbox_rows, storage.outbox).
+        """
+CREATE TABLE forward_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, upstream TEXT NOT NULL, digest BLOB NOT NULL,
+    mn TEXT NOT NULL, worker INTEGER NOT NULL, received_at TEXT NOT NULL,
+    queued_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')),
+    confirm INTEGER NOT NULL, qn TEXT, raw BLOB, attempts INTEGER NOT NULL DEFAULT 0,
+    sent_at TEXT, confirmed_at TEXT,
+    outcome TEXT CHECK (outcome IN ('9014', 'written', 'unanswered', 'refused')),
+    UNIQUE (upstream, digest)
+);
+CREATE INDEX forward_outbox_pending_idx ON forward_outbox (upstream, worker, id)
+    WHERE confirmed_at IS NULL;
+CREATE INDEX forward_outbox_pending_mn_idx ON forward_outbox (upstream, mn, id)
+    WHERE confirmed_at IS NULL;
+CREATE INDEX forward_outbox_queued_idx ON forward_outbox (queued_at)
 """,
     ),
 )
@@ -292,6 +340,12 @@ class SqliteStore:
             raise StorageError("store is not open", retriable=False, kind="other")
         return self._conn
 
+    async def call(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the store's thread, within ``write_timeout_s``: for
+        queries that live beside the store (``storage.commands``). Errors come out as
+        ``StorageError``."""
+        return await self._run(what, lambda: fn(self._db()), self._write_timeout_s)
+
     async def open(self) -> None:
         if self._executor is not None:
             return
@@ -402,6 +456,7 @@ class SqliteStore:
         readings = [r for e in entries for r in e.readings]
         infos = [r for e in entries for r in e.infos]
         statuses = [r for e in entries for r in e.statuses]
+        outbox = outbox_rows(entries)
         fresh, maxima = self._watermark.check(entries)
 
         def write() -> tuple[bool, dict[str, tuple[int, int, int]]]:
@@ -413,6 +468,7 @@ class SqliteStore:
                     db.executemany(_READING.insert, map(_reading_params, readings))
                     db.executemany(_INFO.insert, map(_small_params, infos))
                     db.executemany(_STATUS.insert, map(_small_params, statuses))
+                    insert_outbox(db, outbox, iso_from_us)
                     db.execute("COMMIT")
                 except sqlite3.IntegrityError:
                     # A key this process has not seen is stored already: redo by merging.
@@ -425,6 +481,7 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(_FRAME_INSERT, frames)
+                insert_outbox(db, outbox, iso_from_us)
                 counts = {
                     "reading": self._merge(db, _READING, readings, _reading_params),
                     "info": self._merge(db, _INFO, infos, _small_params),

@@ -261,3 +261,15 @@ async def pg_fetch(dsn: str, sql: str, *args: object) -> list[tuple[object, ...]
         return [tuple(r) for r in await conn.fetch(sql, *args)]
     finally:
         await conn.close()
+
+
+async def timescaledb_usable(dsn: str) -> bool:
+    """The server offers the timescaledb extension and preloads its library: a fresh
+    schema migrated there takes the TimescaleDB layout (hypertables)."""
+    (row,) = await pg_fetch(
+        dsn,
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') "
+        "AND EXISTS (SELECT 1 FROM pg_settings "
+        "WHERE name = 'timescaledb.max_background_workers' AND vartype = 'integer')",
+    )
+    return bool(row[0])

@@ -18,6 +18,7 @@ from storekit import (
     pg_fetch,
     realtime,
     scenario,
+    timescaledb_usable,
     us,
 )
 
@@ -56,10 +57,15 @@ async def test_migrate_applies_each_file_once(pg_clean_dsn: str) -> None:
         await s.close()
     files = [m.filename for m in load_migrations()]  # later features add files 010+
     assert files[:4] == MIGRATIONS
-    assert first[: len(files)] == files
-    partitions = first[len(files) :]
-    assert len(partitions) == 4  # today and 3 days ahead
-    assert all(line.startswith("created partition hj212.frame_p") for line in partitions)
+    assert [line for line in first if line.endswith(".sql")] == files
+    rest = [line for line in first if not line.endswith(".sql")]
+    if s._layout == "timescaledb":  # a server with TimescaleDB: policies, no partitions
+        assert any(line.startswith("retention policy on hj212.frame") for line in rest)
+        assert all(" policy on hj212." in line for line in rest if "extension" not in line)
+    else:
+        assert first[: len(files)] == files
+        assert len(rest) == 4  # today and 3 days ahead
+        assert all(line.startswith("created partition hj212.frame_p") for line in rest)
     assert second == []
     versions = await pg_fetch(pg_clean_dsn, "SELECT version FROM hj212.schema_migrations")
     assert sorted(v for (v,) in versions) == [m.version for m in load_migrations()]  # type: ignore[type-var]
@@ -93,7 +99,8 @@ async def test_tables_and_columns(store: PostgresStore, pg_migrated_dsn: str) ->
     assert tables["frame"] == "received_at,id,peer,worker,mn,st,cn,qn,ok,reason,quirks,raw"
     assert "raw" not in str(tables["frame_public"]).split(",")
     assert tables["presence"] == (
-        "mn,first_seen,last_seen,last_data_time,peer,worker,version,frames,rejects"
+        "mn,first_seen,last_seen,last_data_time,peer,worker,version,frames,rejects,"
+        "clock_skew_s,clock_skew_at"
     )
     keys = await pg_fetch(
         pg_migrated_dsn,
@@ -378,6 +385,13 @@ async def test_frame_partitions_on_demand_and_dropped_by_maintain(
     now = us("2030-06-15 12:00:00")
     old = us("2030-05-01 08:00:00")  # 45 days before: past the 30-day retention
     await store.write([Entry(frame(None, old, ok=False)), Entry(frame(None, now, ok=False))])
+    if store._layout == "timescaledb":  # chunks instead of partitions: the same retention
+        assert "dropped 1 chunks of hj212.frame older than 30 days" in await store.maintain(
+            now_us=now
+        )
+        assert await _count(pg_migrated_dsn, "frame") == 1
+        assert await store.maintain(now_us=now) == []
+        return
     names = await _partitions(pg_migrated_dsn)
     assert "frame_p20300501" in names
     assert "frame_p20300615" in names
@@ -478,7 +492,10 @@ async def test_unreachable_database_is_retriable() -> None:
     assert not await s.ping()
 
 
-async def test_plain_postgresql_takes_the_partitioned_layout(store: PostgresStore) -> None:
+async def test_plain_postgresql_takes_the_partitioned_layout(
+    store: PostgresStore, pg_migrated_dsn: str
+) -> None:
     await store.write([Entry(frame(None, RECEIVED, ok=False))])
-    assert store._layout == "partitioned"
+    usable = await timescaledb_usable(pg_migrated_dsn)
+    assert store._layout == ("timescaledb" if usable else "partitioned")
     assert DAY_US == 86_400 * 10**6
