@@ -43,7 +43,19 @@ class ListenConfig(_Section):
     most 1,036 bytes, the 4-digit length field allows 10,012; 64 KiB holds several
     maximal frames and bounds 19,000 connections to 1.2 GB in the worst case."""
     max_write_buffer_bytes: int = Field(65_536, ge=1_024)
-    """A peer that does not read its replies is disconnected once this much is queued."""
+    """A peer that does not read its replies is disconnected once this much is queued
+    (the transport's write high-water mark). A reply is ~90 bytes and a command ~300, so
+    64 KiB is hundreds of unread answers: no reading device gets near it."""
+    max_frames_per_s: float = Field(100.0, ge=0)
+    """Frames (accepted or rejected) one connection may deliver per second, averaged over
+    ``frame_burst``; above it the connection's reading pauses until it is back within the
+    rate, so TCP slows the sender and nothing is lost. 0 = no limit. A DAU waits for each
+    reply, so even a backfill comes in at a few frames a second; 100/s leaves room for a
+    relay carrying a few thousand MNs (one upload each per 30 s) while keeping one
+    misbehaving peer from taking the worker's CPU."""
+    frame_burst: int = Field(1_000, ge=1)
+    """Frames a connection may deliver at once before ``max_frames_per_s`` applies: a
+    relay's reconnect or a multi-outlet DAU's hourly burst passes without a pause."""
     garbage_limit_bytes: int = Field(65_536, ge=1_024)
     """A connection that sends this many bytes without one valid frame is closed (Q8)."""
     max_rejects_before_close: int = Field(100, ge=1)

@@ -41,6 +41,9 @@ class DeviceConnection(asyncio.Protocol):
         "peer",
         "rejects",
         "rejects_in_a_row",
+        "throttled",
+        "tokens",
+        "tokens_at",
         "transport",
     )
 
@@ -65,6 +68,11 @@ class DeviceConnection(asyncio.Protocol):
         self.archive_tokens = 0.0
         self.archive_refill_at = 0.0
         self.auth_failures = 0
+        self.tokens = 0.0
+        """Frames this connection may still deliver now (``listen.max_frames_per_s``)."""
+        self.tokens_at = 0.0
+        self.throttled = False
+        """Reading paused by the frame rate limit (not by the hub's backpressure)."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -86,13 +94,16 @@ class DeviceConnection(asyncio.Protocol):
         self.last_rx = now
         self.bytes_in += len(data)
         hub.metrics.bytes_in.inc(len(data))
-        for item in self.framer.feed(data):
+        items = self.framer.feed(data)
+        for item in items:
             if self.closed:
                 return
             if type(item) is Frame:
                 hub.on_frame(self, item, now, wall_us)
             else:
                 hub.on_rejected(self, item, now, wall_us)  # type: ignore[arg-type]
+        if items and hub.frame_rate:
+            self._charge(len(items), now)
         if self.framer.has_partial:
             if self.partial_since is None:
                 self.partial_since = now
@@ -145,5 +156,27 @@ class DeviceConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self.transport is not None and not self.closed:
+        """Resume reading (the hub's backpressure ended), unless the rate limit holds it."""
+        if self.transport is not None and not self.closed and not self.throttled:
             self.transport.resume_reading()
+
+    # -- frame rate limit (token bucket) --------------------------------------------------
+
+    def _charge(self, frames: int, now: float) -> None:
+        """Take ``frames`` tokens; when the bucket is empty, pause reading for as long as
+        the refill takes. The frames already read were handled: the limit only delays."""
+        hub = self.hub
+        rate = hub.frame_rate
+        tokens = min(hub.frame_burst, self.tokens + (now - self.tokens_at) * rate) - frames
+        self.tokens, self.tokens_at = tokens, now
+        if tokens >= 0 or self.throttled or self.transport is None:
+            return
+        self.throttled = True
+        hub.metrics.connections_throttled.inc()
+        self.transport.pause_reading()
+        hub.loop.call_later(-tokens / rate, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self.throttled = False
+        if not self.hub.paused:
+            self.resume()

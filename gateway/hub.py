@@ -121,6 +121,9 @@ class Hub:
         self._reply_without_qn = proto.reply_without_qn
         self._archive_rate = settings.storage.archive_rejected_per_minute / 60.0
         self._archive_burst = float(max(1, settings.storage.archive_rejected_per_minute))
+        self.frame_rate = settings.listen.max_frames_per_s
+        self.frame_burst = float(settings.listen.frame_burst)
+        self._write_limit = settings.listen.max_write_buffer_bytes
 
     # -- connections --------------------------------------------------------------------
 
@@ -147,6 +150,11 @@ class Hub:
         self.per_ip[conn.ip] = self.per_ip.get(conn.ip, 0) + 1
         conn.archive_tokens = self._archive_burst
         conn.archive_refill_at = conn.opened_at
+        conn.tokens = self.frame_burst
+        conn.tokens_at = conn.opened_at
+        if conn.transport is not None:
+            # pause_writing (-> closed as write_stalled) fires above this much unread output.
+            conn.transport.set_write_buffer_limits(high=self._write_limit)
         self.metrics.connections_accepted.inc()
         self.metrics.connections_open.inc()
         if self.paused:

@@ -371,6 +371,11 @@ class Metrics:
             "First passwords recorded for registered devices that had none.",
             registry=r,
         )
+        self.connections_throttled = Counter(
+            "hj212_connections_throttled",
+            "Times a connection's reading was paused by listen.max_frames_per_s.",
+            registry=r,
+        )
         self.session_takeovers = Counter(
             "hj212_session_takeovers",
             "MNs that moved to a newer connection (reconnects, field-quirks Q21).",

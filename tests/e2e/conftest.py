@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import io
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,15 @@ from gateway.app import Gateway
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every end-to-end test runs on the default loop and on uvloop (what ``serve`` uses)."""
+    """Every end-to-end test runs on the default loop and on uvloop (what ``serve`` uses),
+    except the long fault tests marked ``one_loop``: uvloop only."""
+    if item.get_closest_marker("one_loop") is not None:
+        return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+_SPOOL_ROOT = tempfile.mkdtemp(prefix="hj212-test-spool-")
+atexit.register(shutil.rmtree, _SPOOL_ROOT, ignore_errors=True)
 
 
 def gateway_settings(storage: dict[str, Any], **sections: dict[str, Any]) -> Settings:
@@ -27,7 +38,14 @@ def gateway_settings(storage: dict[str, Any], **sections: dict[str, Any]) -> Set
     overrides: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
-        "storage": {"linger_ms": 20, "presence_interval_s": 0.2, **storage},
+        # Each gateway spools into a directory of its own (a spool directory is locked
+        # by the process using it), not into ./hj212-spool of the checkout.
+        "storage": {
+            "linger_ms": 20,
+            "presence_interval_s": 0.2,
+            "spool_dir": tempfile.mkdtemp(dir=_SPOOL_ROOT),
+            **storage,
+        },
         "log": {"level": "warning", "format": "json"},
         # Test devices here answer no commands, and their frames carry fixed 2024 QNs: the
         # gateway's own 1012s (clock fix, answer to a 1013) would mix with the replies the
@@ -51,6 +69,9 @@ async def clean_pg(pg_dsn: str) -> AsyncIterator[str]:
 
 
 GatewayFactory = Callable[..., Any]
+STOP_LIMIT_S = 60.0
+"""Longer than any drain a test asks for: a stop that takes longer is a hang, reported
+with every task's stack."""
 
 
 @pytest.fixture
@@ -66,7 +87,14 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
 
     yield _start
     for gw in started:
-        await gw.stop()
+        try:
+            async with asyncio.timeout(STOP_LIMIT_S):
+                await gw.stop()
+        except TimeoutError:
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8, file=stacks)
+            pytest.fail(f"Gateway.stop() hung for {STOP_LIMIT_S} s; tasks:\n{stacks.getvalue()}")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ drain (rows queued at SIGTERM are flushed and replied to before the connections 
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 from typing import Any
 
@@ -162,3 +163,58 @@ async def test_shutdown_flushes_queued_rows_and_replies(
         db.close()
     assert frames_stored == 5
     await dev.close()
+
+
+async def test_frame_rate_limit_delays_without_losing(sqlite_path: str, start_gateway: Any) -> None:
+    """A peer over listen.max_frames_per_s has its reading paused, not its frames dropped."""
+    gw = await start_gateway(
+        gateway_settings(
+            {"sqlite_path": sqlite_path},
+            listen={"max_frames_per_s": 20.0, "frame_burst": 10},
+        )
+    )
+    dev = await Device.connect(gw.port)
+    mn = "88888880000000000000C005"
+    frames = [upload(mn, str(i), f"202401011200{i:02d}000") for i in range(50)]
+    for k in range(0, 50, 10):  # five writes of ten: the second already overdraws
+        await dev.send(b"".join(frames[k : k + 10]))
+        await asyncio.sleep(0.1)
+    s = await scrape(gw.metrics_port)
+    assert metric(s, "hj212_connections_throttled_total") >= 1
+    assert len(dev.replies) < 50  # still held back: 50 frames take 2 s at 20/s after 10
+    assert len(await dev.wait_replies(50, timeout=30)) == 50
+    s = await scrape(gw.metrics_port)
+    assert metric(s, "hj212_frames_total", cn="2011", version="2017", result="accepted") == 50
+    await dev.close()
+
+
+async def test_peer_that_never_reads_is_disconnected(sqlite_path: str, start_gateway: Any) -> None:
+    gw = await start_gateway(
+        gateway_settings(
+            {"sqlite_path": sqlite_path},
+            listen={"max_write_buffer_bytes": 1024, "max_frames_per_s": 0},
+        )
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+    mn = "88888880000000000000C006"
+    try:
+        async with asyncio.timeout(60):
+            i = 0
+            while True:  # replies pile up unread until the gateway gives up on the peer
+                batch = b"".join(upload(mn, "1", f"{20240101000000000 + i + k}") for k in range(50))
+                i += 50
+                try:
+                    await loop.sock_sendall(sock, batch)
+                except (ConnectionError, OSError):
+                    break
+                s = await scrape(gw.metrics_port)
+                if metric(s, "hj212_connections_closed_total", reason="write_stalled") == 1:
+                    break
+    finally:
+        sock.close()
+    s = await scrape(gw.metrics_port)
+    assert metric(s, "hj212_connections_closed_total", reason="write_stalled") == 1
