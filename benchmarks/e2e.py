@@ -893,10 +893,15 @@ def run_gateway_phase(
     sample_s: float = SAMPLE_S,
     postmaster: int | None = None,
     profile: Path | None = None,
+    background: Callable[[int], Callable[[], dict[str, Any]]] | None = None,
 ) -> tuple[RunConfig, dict[str, Any], SimStats]:
     """Start the gateway, run the simulator against it (config from ``make_cfg(port)``),
     wait for its queue to empty, count the rows, stop it. Returns the config, the
-    measured figures and the simulator's stats."""
+    measured figures and the simulator's stats.
+
+    ``background(port)``, when given, starts other load beside the simulator (the fault
+    benchmarks' attackers) and returns a function that waits for it to end and returns
+    its figures (``figures["background"]``)."""
     log_path = Path(f"/tmp/hj212-bench-gateway-{os.getpid()}.log")
     gw = GatewayProcess(dsn, workers=workers, log_path=log_path, profile=profile)
     gw.start()
@@ -907,8 +912,10 @@ def run_gateway_phase(
         before = scrape(gw.metrics_port)
         sampler.start()
         cfg = make_cfg(gw.port)
+        finish_background = background(gw.port) if background is not None else None
         t0 = time.monotonic()
         stats = run_processes(cfg, processes)
+        side = finish_background() if finish_background is not None else None
         t1 = time.monotonic()
         drained = gw.wait_drained()
         t2 = time.monotonic()
@@ -961,6 +968,7 @@ def run_gateway_phase(
         "distinct_sent": {"reading": stats.rows_reading, "info": stats.rows_info},
         "rows_equal": stored["reading"] == stats.rows_reading and stored["info"] == stats.rows_info,
         "metrics_delta": metric_deltas(before, after),
+        "background": side,
         "samples": [dataclasses.asdict(s) for s in samples],
         "timeline": timeline([base, *samples, end]),
     }

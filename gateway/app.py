@@ -227,8 +227,9 @@ class Gateway:
             for conn in list(hub.connections):
                 conn.close("shutdown")
         if self.server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 5.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self.server.wait_closed()
         if self.http is not None:
             await self.http.close()
         if store is not None:
@@ -313,7 +314,8 @@ class Gateway:
         if writer.depth_rows and writer.healthy:
             return  # batches are flowing: they prove the database alive
         try:
-            self.db_ok = await asyncio.wait_for(store.ping(), PING_INTERVAL_S)
+            async with asyncio.timeout(PING_INTERVAL_S):
+                self.db_ok = await store.ping()
         except Exception:
             self.db_ok = False
 

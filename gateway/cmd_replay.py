@@ -195,8 +195,9 @@ async def _connection(
             summary.bytes_sent += len(item.data)
         sending_finished = True
         if waiting:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(done.wait(), reply_timeout_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(reply_timeout_s):
+                    await done.wait()
     except OSError as exc:
         summary.errors.append(f"send: {exc}")
     finally:

@@ -23,11 +23,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +36,8 @@ from config import Settings
 from gateway.app import uvloop
 from gateway.http import MetricsServer
 from gateway.logs import configure_logging, get_logger
+
+T = TypeVar("T")
 
 # A worker that dies within this long of its start is restarted only after a pause that
 # doubles up to RESTART_BACKOFF_MAX_S: a worker that cannot start must not spin.
@@ -168,7 +170,7 @@ class Supervisor:
     async def aggregate(self) -> bytes:
         ports = [s.metrics_port for s in self._slots if s.metrics_port]
         results = await asyncio.gather(
-            *(asyncio.wait_for(self._scrape(p), SCRAPE_TIMEOUT_S) for p in ports),
+            *(_within(SCRAPE_TIMEOUT_S, self._scrape(p)) for p in ports),
             return_exceptions=True,
         )
         texts = [r for r in results if isinstance(r, str)]
@@ -187,7 +189,7 @@ class Supervisor:
         if not all(ports):
             return False, "workers starting"
         codes = await asyncio.gather(
-            *(asyncio.wait_for(self._path(p, "/readyz"), SCRAPE_TIMEOUT_S) for p in ports),
+            *(_within(SCRAPE_TIMEOUT_S, self._path(p, "/readyz")) for p in ports),
             return_exceptions=True,
         )
         bad = [i for i, c in enumerate(codes) if c != 200]
@@ -219,7 +221,8 @@ class Supervisor:
             self._collect_reports()
             self._watch()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+                async with asyncio.timeout(WATCH_INTERVAL_S):
+                    await stop.wait()
         self._stopping = True
         self.log.info("signal received; stopping workers")
         await self._stop_workers()
@@ -252,7 +255,8 @@ class _AsyncMetricsServer(MetricsServer):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_TIMEOUT_S)
+            async with asyncio.timeout(SCRAPE_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             writer.close()
             return
@@ -272,6 +276,12 @@ class _AsyncMetricsServer(MetricsServer):
             await self._respond(writer, 200 if ok else 503, (reason + "\n").encode())
         else:
             await self._respond(writer, 404, b"not found\n")
+
+
+async def _within(seconds: float, coro: Awaitable[T]) -> T:
+    """``coro`` bounded by ``seconds`` (TimeoutError after), for use under gather."""
+    async with asyncio.timeout(seconds):
+        return await coro
 
 
 def _resolve_port(host: str, port: int) -> int:

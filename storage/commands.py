@@ -650,7 +650,8 @@ class CommandListener:
                 self.connected = False
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), self._retry_s)
+                        async with asyncio.timeout(self._retry_s):
+                            await conn.close()
             await asyncio.sleep(self._retry_s)
 
 

@@ -411,7 +411,8 @@ class PostgresStore:
         if pool is None:
             return
         try:
-            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await pool.close()
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pool.terminate()
 

@@ -328,10 +328,11 @@ class SqliteStore:
             raise StorageError("store is not open", retriable=False, kind="other")
         loop = asyncio.get_running_loop()
         try:
-            fut = loop.run_in_executor(self._executor, fn)
-            if limit_s is None:
-                return await fut
-            return await asyncio.wait_for(fut, limit_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation of a task whose future completes at the same moment, and a
+            # cancelled loop (a stopping gateway's sweep) would then run on for ever.
+            async with asyncio.timeout(limit_s):
+                return await loop.run_in_executor(self._executor, fn)
         except Exception as exc:
             raise _map_sqlite_error(exc, what) from exc
 

@@ -394,7 +394,8 @@ class BatchWriter:
                 if wait > 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
                     continue
             batch: list[_Item] = []
             rows = 0
@@ -434,7 +435,8 @@ class BatchWriter:
                     return
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._room.wait()
                 delay = min(delay * 2, self._retry_max_s)
         finally:
             if self._blocked:

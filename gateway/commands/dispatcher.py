@@ -223,7 +223,8 @@ class CommandDispatcher:
         with contextlib.suppress(StorageError):
             await self._flush_skews()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ops.join(), STOP_DRAIN_S)
+            async with asyncio.timeout(STOP_DRAIN_S):
+                await self._ops.join()
         op_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await op_task

@@ -296,7 +296,8 @@ class Upstream:
             link.close()
         if self.settled:
             with contextlib.suppress(StorageError, TimeoutError):
-                await asyncio.wait_for(self._flush(), deadline_s)
+                async with asyncio.timeout(deadline_s):
+                    await self._flush()
         if self.settled:
             self.log.warning(
                 "forward: confirmations not recorded at shutdown (sent again next start)",
@@ -318,7 +319,8 @@ class Upstream:
                 self._warn("load", "forward: reading the outbox failed", error=str(exc))
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), fwd.poll_interval_s)
+                async with asyncio.timeout(fwd.poll_interval_s):
+                    await self.wake.wait()
 
     async def _load(self) -> None:
         memory = self.fwd.memory_frames
@@ -660,10 +662,8 @@ class Upstream:
         link = Link(self, device)
         try:
             host = await self._address()
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: link, host, self.cfg.port),
-                self.fwd.connect_timeout_s,
-            )
+            async with asyncio.timeout(self.fwd.connect_timeout_s):
+                await self.loop.create_connection(lambda: link, host, self.cfg.port)
             transport = link.transport
             assert transport is not None
             peer = transport.get_extra_info("peername")

@@ -117,6 +117,9 @@ class FakePlatform:
         assert self.server is not None
         self.server.close()
         for conn in list(self.conns):
+            # Lost from now: connection_lost comes a loop iteration later, and a delayed
+            # commit must not store a frame in between (it was never answered).
+            conn.lost = True
             if conn.transport is not None:
                 conn.transport.abort()
         await self.server.wait_closed()
