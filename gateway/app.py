@@ -16,6 +16,7 @@ import datetime as dt
 import signal
 import socket
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,7 +38,7 @@ from storage.commands import command_store
 from storage.outbox import outbox_store
 from storage.postgres import PostgresStore
 from storage.roster import ensure_snapshot
-from storage.spool import Spool, spool_directory
+from storage.spool import Spool, SpoolError, orphaned_spool_directories, spool_directory
 
 uvloop: ModuleType | None
 try:
@@ -47,6 +48,8 @@ except ImportError:  # pragma: no cover - not available on Windows
 
 # How often the database is pinged while no batch proves it alive (readiness).
 PING_INTERVAL_S = 5.0
+# How often the drain of an orphaned spool (a worker of an earlier run) is looked at.
+ORPHAN_POLL_S = 0.5
 # A listen backlog large enough for a reconnect storm of a whole fleet: the kernel caps it
 # at net.core.somaxconn anyway.
 LISTEN_BACKLOG = 4_096
@@ -120,6 +123,9 @@ class Gateway:
             spool_after_s=st.spool_after_s,
         )
         await self.writer.start()
+        if spool is not None and self.worker == 0:
+            for orphan in orphaned_spool_directories(st, s.listen.workers):
+                self._spawn(self._drain_orphan(orphan))
         self.devices = DeviceRegistry(s.auth.policy)
         self.devices.replace(await self.store.load_devices())
         self.hub = Hub(
@@ -207,6 +213,10 @@ class Gateway:
         if hub is not None:
             hub.draining = True
             hub.pause_all(shutdown=True)
+        if self.commands is not None:
+            # Before the drain: with reading paused no answer can arrive, so no command
+            # may go out now (one in flight goes back to the queue for the next holder).
+            await self.commands.stop()
         left = 0
         if writer is not None:
             left = await writer.stop(self.settings.shutdown.drain_timeout_s)
@@ -220,8 +230,6 @@ class Gateway:
                 await task
         if self.forwarder is not None:
             await self.forwarder.stop()
-        if self.commands is not None:
-            await self.commands.stop()
         if hub is not None:
             await self._flush_presence()
             for conn in list(hub.connections):
@@ -291,6 +299,45 @@ class Gateway:
     async def _sweep(self) -> None:
         if self.hub is not None:
             self.hub.sweep()
+
+    async def _drain_orphan(self, directory: Path) -> None:
+        """Drain the spool a worker of an earlier run left (that run had more workers):
+        a writer of its own on it, stopped once it is empty. Its rows are older than what
+        arrives now; the stores keep the values with the latest ``received_at``."""
+        st = self.settings.storage
+        assert self.store is not None
+        spool = Spool(directory, max_bytes=st.spool_max_bytes, segment_bytes=st.spool_segment_bytes)
+        writer = BatchWriter(
+            self.store,
+            queue_rows=1_000,  # offered nothing: it only drains
+            high_water_rows=700,
+            low_water_rows=400,
+            on_high_water=lambda: None,
+            on_low_water=lambda: None,
+            batch_rows=st.batch_rows,
+            linger_s=st.linger_ms / 1000.0,
+            retry_initial_s=st.retry_initial_ms / 1000.0,
+            retry_max_s=st.retry_max_ms / 1000.0,
+            spool=spool,
+            spool_after_s=st.spool_after_s,
+        )
+        try:
+            await writer.start()
+        except SpoolError as exc:  # locked: a process of the earlier run still uses it
+            self.log.warning("orphaned spool not drained", directory=str(directory), error=str(exc))
+            return
+        found = spool.stats()
+        self.log.warning(
+            "draining the spool of a worker no longer run",
+            directory=str(directory),
+            rows=found.rows,
+        )
+        try:
+            while spool.batches:  # noqa: ASYNC110 (the spool has no event to wait on)
+                await asyncio.sleep(ORPHAN_POLL_S)
+        finally:
+            await writer.stop(self.settings.shutdown.drain_timeout_s)
+        self.log.info("orphaned spool drained", directory=str(directory), rows=found.rows)
 
     async def _flush_presence(self) -> None:
         if self.hub is None or self.store is None:

@@ -203,6 +203,11 @@ class _SpoolCollector(Collector):
             "Spooled (already replied) rows the database then refused for good.",
             value=w.spool_poison_rows,
         )
+        yield CounterMetricFamily(
+            "hj212_spool_drain_errors",
+            "Unexpected drain failures (disk errors reading or acknowledging the spool).",
+            value=w.spool_drain_errors,
+        )
 
 
 class ForwardGauge(NamedTuple):

@@ -388,10 +388,13 @@ class PgCommands:
     async def claim(
         self, mn: str, *, worker: int, qn: str, now_us: int, deadline_us: int, ttl_s: float
     ) -> Claim | None:
-        row = await self._q(
-            "claim",
-            lambda p: p.fetchrow(_PG_CLAIM, mn, worker, qn, now_us, deadline_us, ttl_s),
-        )
+        async def pick(pool: asyncpg.Pool) -> Any:
+            try:
+                return await pool.fetchrow(_PG_CLAIM, mn, worker, qn, now_us, deadline_us, ttl_s)
+            except asyncpg.UniqueViolationError:
+                return None  # another worker claimed one of this device's commands first
+
+        row = await self._q("claim", pick)
         if row is None:
             return None
         timing = _params(row[21]) if row[21] is not None else {}

@@ -43,6 +43,9 @@ _BY_CLASS: Final[dict[str, tuple[bool, str]]] = {
     "57": (True, "connection"),  # operator intervention (admin shutdown, cannot connect now)
     "58": (True, "resources"),  # system error (I/O error)
     "40": (True, "conflict"),  # transaction rollback (serialization failure, deadlock)
+    # invalid transaction state: 25006 read_only_sql_transaction is a standby after a
+    # failover (the DSN still points at the old primary): the server, not the batch.
+    "25": (True, "connection"),
     "55": (True, "conflict"),  # object not in prerequisite state (lock not available)
     "22": (False, "data"),  # data exception
     "23": (False, "constraint"),  # integrity constraint violation

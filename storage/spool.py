@@ -60,7 +60,15 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from config.settings import StorageConfig
-from storage.base import Entry, FrameRow, InfoRow, ReadingRow, StatusRow, StorageError
+from storage.base import (
+    Entry,
+    ForwardTo,
+    FrameRow,
+    InfoRow,
+    ReadingRow,
+    StatusRow,
+    StorageError,
+)
 
 __all__ = [
     "SEGMENT_HEADER",
@@ -69,6 +77,7 @@ __all__ = [
     "SpoolError",
     "SpoolFull",
     "SpoolStats",
+    "orphaned_spool_directories",
     "spool_directory",
 ]
 
@@ -115,6 +124,20 @@ def spool_directory(cfg: StorageConfig, worker: int = 0) -> Path:
     else:
         base = Path("hj212-spool")
     return base / f"worker-{worker}"
+
+
+def orphaned_spool_directories(cfg: StorageConfig, workers: int) -> list[Path]:
+    """Spool directories of workers this gateway no longer runs (``worker-N`` with N at or
+    above ``workers``, left by a run with more workers) that still hold segment files:
+    replied rows that only a drain brings to the database."""
+    base = spool_directory(cfg, 0).parent
+    out = []
+    with contextlib.suppress(OSError):
+        for path in sorted(base.iterdir()):
+            m = re.fullmatch(r"worker-(\d+)", path.name)
+            if m and int(m.group(1)) >= workers and any(path.glob("seg-*.spool")):
+                out.append(path)
+    return out
 
 
 @dataclass(slots=True)
@@ -211,6 +234,7 @@ def _encode(entries: Sequence[Entry]) -> list[tuple[bytes, int, int]]:
             tuple(map(tuple, e.readings)),
             tuple(map(tuple, e.infos)),
             tuple(map(tuple, e.statuses)),
+            None if e.forward is None else (tuple(e.forward.upstreams), e.forward.confirm),
         )
         for e in entries
     )
@@ -232,12 +256,15 @@ def _decode(payload: bytes) -> list[Entry]:
         body = marshal.loads(memoryview(payload)[PAYLOAD_HEAD.size :])  # noqa: S302
         entries = [
             Entry(
-                None if f is None else FrameRow._make(f),
-                [ReadingRow._make(r) for r in rs],
-                [InfoRow._make(r) for r in ins],
-                [StatusRow._make(r) for r in sts],
+                None if item[0] is None else FrameRow._make(item[0]),
+                [ReadingRow._make(r) for r in item[1]],
+                [InfoRow._make(r) for r in item[2]],
+                [StatusRow._make(r) for r in item[3]],
+                # The upstreams the frame is forwarded to (absent in records written
+                # before forwarding existed: four items).
+                None if len(item) < 5 or item[4] is None else ForwardTo(*item[4]),
             )
-            for f, rs, ins, sts in body
+            for item in body
         ]
     except (EOFError, TypeError, ValueError) as exc:
         raise ValueError(f"undecodable spool payload: {exc}") from exc
@@ -618,6 +645,17 @@ class Spool:
             self._read_fd = None
 
     def _read_sync(self, max_rows: int) -> SpoolBatch:
+        start = (self._read_seq, self._read_off)
+        try:
+            return self._read_records(max_rows)
+        except BaseException:
+            # A disk error part way: the records read so far are not returned, so the
+            # cursor goes back to where this read began and the next read starts there.
+            self._read_seq, self._read_off = start
+            self._close_read_fd()
+            raise
+
+    def _read_records(self, max_rows: int) -> SpoolBatch:
         out: list[SpoolRecord] = []
         rows = 0
         while True:
@@ -716,8 +754,15 @@ class Spool:
             self._close_active()
         if self._read_fd is not None and self._read_fd[0] == seg.seq:
             self._close_read_fd()
-        with contextlib.suppress(FileNotFoundError):
+        try:
             seg.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # Drained, but the file stays: counted, and a restart replays its records
+            # (idempotent rows), which beats a drain stopped on it.
+            with self._counters:
+                self._errors += 1
         self._segments.popleft()
         with self._counters:
             # Records that were counted but never came back (corrupt since written).

@@ -65,6 +65,9 @@ from storage.spool import Spool, SpoolError, SpoolRecord, SpoolStats
 
 __all__ = ["BatchWriter", "WriterStats"]
 
+DATA_KINDS: Final = frozenset({"data", "constraint"})
+"""Error kinds caused by the rows themselves: the only ones for which an already replied
+(spooled) entry is given up. Every other failure keeps it in the spool and retries."""
 _log = logging.getLogger(__name__)
 
 Callback = Callable[[], None]
@@ -109,6 +112,9 @@ class WriterStats:
     spool_poison_entries: int = 0
     """Spooled (so already replied) entries the database then refused for good."""
     spool_poison_rows: int = 0
+    spool_drain_errors: int = 0
+    """Unexpected failures of the drain (a disk error reading or acknowledging the spool);
+    each is logged and the drain goes on after a pause."""
 
 
 class _Item:
@@ -219,6 +225,7 @@ class BatchWriter:
         self._spooled_rows = 0
         self._spool_poison_entries = 0
         self._spool_poison_rows = 0
+        self._drain_errors = 0
 
     # -- the synchronous side ---------------------------------------------------------
 
@@ -297,6 +304,7 @@ class BatchWriter:
             spooled_rows=self._spooled_rows,
             spool_poison_entries=self._spool_poison_entries,
             spool_poison_rows=self._spool_poison_rows,
+            spool_drain_errors=self._drain_errors,
         )
 
     def _signal(self, callback: Callback) -> None:
@@ -514,10 +522,11 @@ class BatchWriter:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
+            # Always propagate: a cancellation that arrives as the write finishes must still
+            # stop this task (stop() waits for it).
             if not task.done():
                 task.cancel()
-                raise
-            return False
+            raise
         except StorageError as exc:
             self._failed(exc, rows, time.monotonic() - started)
             return False
@@ -527,38 +536,60 @@ class BatchWriter:
     # -- the drain ------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """Move spooled batches into the store, oldest first, then forget them."""
+        """Move spooled batches into the store, oldest first, then forget them.
+
+        A disk error reading or acknowledging the spool must not end the drain: while the
+        spool holds anything, batches go nowhere else, so a dead drain would stop every
+        write to the database. It is logged and counted, and the drain tries again."""
         spool = self._spool
         assert spool is not None
+        delay = self._retry_initial_s
         while True:
-            if not spool.batches:
-                if self._state >= _STOPPING:
+            try:
+                if not await self._drain_step(spool):
                     return
-                self._spooled.clear()
-                if not spool.batches:
-                    await self._spooled.wait()
-                continue
-            before = spool.batches
-            batch = await spool.read(self._batch_rows)
-            if not batch.records:
-                # Only corrupt bytes were left: acknowledging them deletes their segment.
-                await spool.ack(batch)
-                self._room.set()
-                if spool.batches == before:
-                    _log.error("storage writer: spool depth %d but nothing to read", before)
-                    await asyncio.sleep(self._retry_max_s)
-                continue
-            adopted = self._adopted
-            if adopted is not None and adopted.matches(batch.records[0]):
-                self._adopted = None
-                first = batch.records[0]
-                if await self._settle(adopted.task, len(first.entries), first.rows):
-                    await spool.ack(batch.head())
-                    batch = batch.tail()
-            if batch.records and not await self._commit(batch.entries, batch.rows):
-                return  # stopping while the store fails: the rest waits in the spool
+                delay = self._retry_initial_s
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._drain_errors += 1
+                _log.exception(
+                    "storage writer: draining the spool failed; retrying in %.2f s", delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def _drain_step(self, spool: Spool) -> bool:
+        """One step of the drain; False when it is to end (stopping)."""
+        if not spool.batches:
+            if self._state >= _STOPPING:
+                return False
+            self._spooled.clear()
+            if not spool.batches:
+                await self._spooled.wait()
+            return True
+        before = spool.batches
+        batch = await spool.read(self._batch_rows)
+        if not batch.records:
+            # Only corrupt bytes were left: acknowledging them deletes their segment.
             await spool.ack(batch)
             self._room.set()
+            if spool.batches == before:
+                _log.error("storage writer: spool depth %d but nothing to read", before)
+                await asyncio.sleep(self._retry_max_s)
+            return True
+        adopted = self._adopted
+        if adopted is not None and adopted.matches(batch.records[0]):
+            self._adopted = None
+            first = batch.records[0]
+            if await self._settle(adopted.task, len(first.entries), first.rows):
+                await spool.ack(batch.head())
+                batch = batch.tail()
+        if batch.records and not await self._commit(batch.entries, batch.rows):
+            return False  # stopping while the store fails: the rest waits in the spool
+        await spool.ack(batch)
+        self._room.set()
+        return True
 
     async def _commit(self, entries: list[Entry], rows: int) -> bool:
         """Write spooled entries until they are committed (poison isolated and dropped);
@@ -570,8 +601,11 @@ class BatchWriter:
                 await self._store_write(entries)
             except StorageError as exc:
                 self._failed(exc, rows, time.monotonic() - started)
-                if not exc.retriable:
+                if not exc.retriable and exc.kind in DATA_KINDS:
                     return await self._isolate_spooled(entries, exc)
+                # Anything else (the server, the schema, permissions, a store bug) is not
+                # the data's fault: these rows were replied to, so they wait in the spool
+                # until the cause is mended, however long that takes.
                 if self._state >= _STOPPING:
                     return False
                 self._retries += 1
@@ -588,6 +622,8 @@ class BatchWriter:
             return True
 
     async def _isolate_spooled(self, entries: list[Entry], exc: StorageError) -> bool:
+        """Bisect a spooled batch the database refuses for its data, down to the entry that
+        causes it; only that entry is dropped (halves failing otherwise are retried)."""
         if len(entries) == 1:
             rows = entries[0].row_count
             self._spool_poison_entries += 1

@@ -23,6 +23,9 @@ def test_compose_runs_the_gateway_against_timescaledb() -> None:
     assert dsn.startswith("postgresql://")
     assert "@db:5432/" in dsn
     assert {"2121:2121", "9212:9212"} <= set(gateway["ports"])
+    # The working directory (the local spool) is a volume: it outlives the container.
+    assert "gwdata:/data" in gateway["volumes"]
+    assert "gwdata" in compose["volumes"]
 
 
 def test_dockerfile_is_multistage_nonroot_with_healthcheck() -> None:

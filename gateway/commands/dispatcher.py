@@ -63,6 +63,10 @@ RECENT_FINISHED: Final = 4_096
 # device per day), so this is never reached unless the database is down for long; then
 # history progress updates are dropped first (the final state carries the counts).
 OPS_MAX: Final = 10_000
+# Devices whose connection details (and clock-skew runs) are remembered per worker. Far
+# above the 19,000 connections one worker holds, so a real fleet is never forgotten; it
+# bounds what a peer inventing MNs (auth.policy open) can make us hold: ~300 B each.
+TRACKED_MNS_MAX: Final = 200_000
 # A failed write of an exchange is tried this many times, with this pause doubling from
 # OP_RETRY_S, before it is logged and dropped (the abandoned sweep then settles the row).
 OP_TRIES: Final = 5
@@ -175,6 +179,7 @@ class CommandDispatcher:
             spread_s=c.clock_skew_spread_s,
             period_s=c.clock_skew_period_s,
             window_s=c.realtime_window_s,
+            max_devices=TRACKED_MNS_MAX,
         )
         self._skews: dict[str, tuple[float, int, str, str]] = {}
         """MN -> (skew_s, measured_us, peer, version), latest since the last flush."""
@@ -452,7 +457,11 @@ class CommandDispatcher:
 
     def on_claim(self, mn: str, conn: DeviceConnection, packet: Packet) -> None:
         """A device (MN) now talks over ``conn``: remember how, and send what waits for it."""
-        self._peers[mn] = _Peer(conn.conn_id, packet.pw, packet.st, packet.version)
+        peers = self._peers
+        peers.pop(mn, None)  # re-inserted last: the dict's order is least recent first
+        peers[mn] = _Peer(conn.conn_id, packet.pw, packet.st, packet.version)
+        if len(peers) > TRACKED_MNS_MAX:
+            del peers[next(iter(peers))]
         if mn in self._queued_mns and mn not in self._inflight:
             self._want(mn)
 
@@ -568,6 +577,8 @@ class CommandDispatcher:
     ) -> None:
         if not stored:
             return  # not queued for the database: no 9014 went out, the device resends
+        if not _in_requested_window(ex.params, packet):
+            return  # the device's own schedule (history uploads carry fresh QNs)
         self._implied_ack(ex, wall_us)
         ex.uploads += 1
         for record in packet.records:
@@ -578,7 +589,11 @@ class CommandDispatcher:
                     ex.first_data_time = t
                 if ex.last_data_time is None or t > ex.last_data_time:
                     ex.last_data_time = t
-        deadline = self._arm(ex, self.cfg.history_idle_timeout_s)
+        # Each upload buys another idle period, but never past the long result timeout
+        # from the acknowledgement: a fetch that keeps trickling ends some time.
+        assert ex.ack_us is not None
+        left_s = (ex.ack_us - wall_us) / US + self.cfg.long_result_timeout_s
+        deadline = self._arm(ex, max(0.0, min(self.cfg.history_idle_timeout_s, left_s)))
         answer = ex.answer()
         self._op(
             "progress",
@@ -773,6 +788,17 @@ class CommandDispatcher:
 
     def _cn_label(self, cn: int | str) -> str:
         return self.metrics.cn_label(cn if isinstance(cn, str) else f"{cn:04d}")
+
+
+def _in_requested_window(params: dict[str, Any], packet: Packet) -> bool:
+    """An upload answers a history request when one of its records' DataTime lies in the
+    request's BeginTime..EndTime (inclusive slot starts, protocol.md 7); a request without
+    both counts every upload of its CN."""
+    begin = str(params.get("BeginTime") or "")[:14]
+    end = str(params.get("EndTime") or "")[:14]
+    if not (begin and end):
+        return True
+    return any(r.data_time is not None and begin <= r.data_time[:14] <= end for r in packet.records)
 
 
 def _now_us() -> int:

@@ -52,6 +52,7 @@ class SkewTracker:
         spread_s: float,
         period_s: float,
         window_s: float,
+        max_devices: int = 200_000,
     ) -> None:
         self.threshold_us = int(threshold_s * US)
         self.packets = packets
@@ -59,6 +60,8 @@ class SkewTracker:
         self.period_us = int(period_s * US)
         self.window_us = int(window_s * US)
         self._clocks: dict[str, _Clock] = {}
+        self.max_devices = max_devices
+        """Clocks kept at most; beyond, the one created longest ago is forgotten."""
 
     def observe(
         self, mn: str, sent_us: int | None, data_time_us: int, received_us: int
@@ -78,6 +81,8 @@ class SkewTracker:
         clock = self._clocks.get(mn)
         if clock is None:
             clock = self._clocks[mn] = _Clock()
+            if len(self._clocks) > self.max_devices:
+                del self._clocks[next(iter(self._clocks))]
         if -self.threshold_us <= skew <= self.threshold_us:
             clock.run = 0
             return SkewObservation(skew / US, False)

@@ -34,8 +34,10 @@ CREATE TABLE hj212.command (
 
 -- The worker looks for the oldest queued command of a connected device...
 CREATE INDEX command_queued_idx ON hj212.command (mn, id) WHERE state = 'queued';
--- ...sends one at a time per device...
-CREATE INDEX command_active_idx ON hj212.command (mn) WHERE state IN ('sent', 'acknowledged');
+-- ...sends one at a time per device (unique: two workers claiming different commands of
+-- one device at the same moment cannot both win; the loser finds nothing to claim)...
+CREATE UNIQUE INDEX command_active_idx ON hj212.command (mn)
+    WHERE state IN ('sent', 'acknowledged');
 -- ...and operators list a device's commands by time.
 CREATE INDEX command_mn_created_idx ON hj212.command (mn, created_at);
 

@@ -492,6 +492,33 @@ async def test_history_fetch_split_uploads_land_in_readings(
     await dev.close()
 
 
+async def test_a_history_fetch_is_not_kept_alive_by_the_devices_own_uploads(
+    clean_pg: str, start_gateway: Any
+) -> None:
+    """The device accepts the request, sends none of the requested hours and no 9012, but
+    goes on with its own hourly 2061s (fresh QNs, DataTimes outside the window): those do
+    not count as the fetch's progress, and the fetch ends when its idle timeout runs out."""
+    now_hour = local().replace(minute=0, second=0, microsecond=0)
+
+    async def own_schedule_only(dev: ScriptedDevice, cmd: Cmd) -> None:
+        await dev.qn_rtn(cmd, 1)
+        for i in range(8):
+            slot = t14(now_hour - timedelta(hours=i))
+            await dev.acked_upload("2061", f"DataTime={slot};w01018-Avg=1.{i},w01018-Flag=N")
+            await asyncio.sleep(0.3)
+
+    gw = await start_gateway(settings(clean_pg, history_idle_timeout_s=1.0))
+    dev = await ScriptedDevice(script=own_schedule_only).connect(gw.port)
+    await dev.hello()
+    window = {"BeginTime": "20240315000000", "EndTime": "20240315060000"}
+    command_id = await queue(clean_pg, MN, 2061, window)
+    row = await wait_row(clean_pg, command_id)
+    # "no_result", not "incomplete": none of the device's own uploads counted as the
+    # fetch's data (each would also have bought the fetch another idle period).
+    assert (row["state"], row["reason"], row["qn_rtn"]) == ("failed", "no_result", 1)
+    await dev.close()
+
+
 @pytest.mark.parametrize("cn", ["2031", "2041", "2051"])
 async def test_other_history_fetches(clean_pg: str, start_gateway: Any, cn: str) -> None:
     slots = ["20240314000000", "20240315000000"]

@@ -62,6 +62,16 @@ def test_a_drifting_clock_fires_once_per_period() -> None:
     assert fired == [2, 122]
 
 
+def test_the_tracker_keeps_a_bounded_number_of_clocks() -> None:
+    """Invented MNs cannot grow it without end: the clock created longest ago goes."""
+    t = tracker(max_devices=2)
+    for mn in ("A", "B", "C"):  # each clock 10 minutes fast: two packets make a run
+        t.observe(mn, T0 + 600 * S, T0 + 599 * S, T0)
+    assert t.observe("C", T0 + 630 * S, T0 + 629 * S, T0 + 30 * S) is not None
+    # "A" was forgotten: its next packet starts a new run (None: not believed alone).
+    assert t.observe("A", T0 + 630 * S, T0 + 629 * S, T0 + 30 * S) is None
+
+
 def test_backfilled_and_replayed_packets_never_fire() -> None:
     t = tracker()
     for i in range(50):

@@ -284,3 +284,34 @@ async def test_junk_flood_does_not_stop_devices(clean_pg: str, start_gateway: An
     assert metric(s, "hj212_frames_total", cn="2011", version="2017", result="accepted") == len(
         fleet.uploads
     ) + sum(u.sends - 1 for u in fleet.uploads)
+
+
+async def test_spool_of_a_worker_no_longer_run_is_drained(
+    throwaway_cluster: Any, tmp_path: Path
+) -> None:
+    """Run with two workers, an outage: worker 1 spools replied rows and stops with them.
+    Restarted with one worker, worker 0 drains worker-1's spool into the database."""
+    from gateway.app import Gateway
+
+    cluster = throwaway_cluster
+    spool_dir = tmp_path / "spool"
+    storage = fault_storage(cluster.dsn, spool_dir)
+    old = Gateway(gateway_settings(storage, listen={"workers": 2}), worker=1)
+    await old.start()
+    fleet = Fleet(5, old.port, interval_s=0.2, over_time_s=30.0, prefix="8888888000000000W")
+    await asyncio.to_thread(cluster.stop)
+    await fleet.run(load_s=1.5, settle_s=20.0)  # every upload replied: from the spool
+    assert fleet.unanswered() == []
+    await old.stop()  # the database still down: the spool keeps them
+    assert list((spool_dir / "worker-1").glob("seg-*.spool"))
+    await asyncio.to_thread(cluster.start)
+
+    new = Gateway(gateway_settings(storage, listen={"workers": 1}), worker=0)
+    await new.start()
+    try:
+        async with asyncio.timeout(30):
+            while list((spool_dir / "worker-1").glob("seg-*.spool")):
+                await asyncio.sleep(0.1)
+        await fleet.check_stored(cluster.dsn)
+    finally:
+        await new.stop()

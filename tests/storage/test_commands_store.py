@@ -316,3 +316,33 @@ async def test_command_public_hides_secrets(pg_clean_dsn: str) -> None:
         assert granted
     finally:
         await s.close()
+
+
+async def test_two_workers_claiming_at_once_get_one_command_of_a_device(pg_clean_dsn: str) -> None:
+    """Worker A's claim is not committed yet when worker B claims: B's pick cannot see A's
+    row in flight and skips the locked one, so it takes the device's second command. The
+    unique index on in-flight commands per device makes B wait for A and find nothing."""
+    from storage.commands import _PG_CLAIM
+
+    store = PostgresStore(pg_clean_dsn, pool_min=1, pool_max=3)
+    await store.open()
+    await store.migrate()
+    commands = command_store(store)
+    try:
+        first = await commands.insert(MN, 1011, {}, requested_by="test")
+        await commands.insert(MN, 1061, {}, requested_by="test")
+        async with store.pool.acquire() as a:  # the store's codecs: times as integers
+            tr = a.transaction()
+            await tr.start()
+            row = await a.fetchrow(_PG_CLAIM, MN, 1, "20240310000000001", T0, T0 + 10 * S, 60.0)
+            assert row is not None
+            assert row["id"] == first
+            b = asyncio.create_task(claim(commands))  # worker 3, at the same moment
+            await asyncio.sleep(0.3)
+            assert not b.done()  # waiting on A's uncommitted index entry
+            await tr.commit()
+            assert await asyncio.wait_for(b, 10) is None
+            states = await a.fetch("SELECT state, worker FROM hj212.command ORDER BY id")
+        assert [(r["state"], r["worker"]) for r in states] == [("sent", 1), ("queued", None)]
+    finally:
+        await store.close()

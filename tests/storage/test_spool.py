@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.base import Entry, FrameRow, InfoRow, ReadingRow, StatusRow
+from storage.base import Entry, ForwardTo, FrameRow, InfoRow, ReadingRow, StatusRow
 from storage.spool import (
     RECORD,
     SEGMENT_HEADER,
@@ -124,6 +124,25 @@ async def test_entry_without_frame_round_trips(tmp_path: Path) -> None:
     assert batch.entries == [bare]
     assert batch.rows == bare.row_count == 3
     await spool.close()
+
+
+async def test_forward_targets_survive_the_spool(tmp_path: Path) -> None:
+    """A spooled frame keeps its upstreams: the drain queues it in the outbox like a direct
+    write would (the device had its reply already and never resends it)."""
+    spool = new_spool(tmp_path)
+    await spool.open()
+    entry = make_entry(2)
+    forwarded = Entry(entry.frame, entry.readings, [], [], ForwardTo(("city", "province"), True))
+    await spool.append([forwarded, entry])
+    await spool.close()
+    again = new_spool(tmp_path)
+    await again.open()  # read back from disk, as after a restart
+    batch = await again.read(100)
+    assert batch.entries == [forwarded, entry]
+    assert batch.entries[0].forward == ForwardTo(("city", "province"), True)
+    assert batch.entries[1].forward is None
+    assert batch.rows == forwarded.row_count + entry.row_count
+    await again.close()
 
 
 async def test_appended_batches_survive_reopen(tmp_path: Path) -> None:

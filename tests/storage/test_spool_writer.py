@@ -33,6 +33,8 @@ class FakeStore:
         self.failing = False
         self.gate: asyncio.Event | None = None
         self.poison: set[int] = set()
+        self.refusal: StorageError | None = None
+        """Raised for every write while set (a server-side refusal, not the data's)."""
 
     async def write(self, entries: Sequence[Entry]) -> None:
         self.attempts += 1
@@ -40,6 +42,8 @@ class FakeStore:
             await self.gate.wait()
         if self.failing:
             raise down()
+        if self.refusal is not None:
+            raise self.refusal
         if self.poison.intersection(ident(e) for e in entries):
             raise StorageError("refused", retriable=False, kind="data")
         self.batches.append([ident(e) for e in entries])
@@ -225,6 +229,53 @@ async def test_spooled_entry_the_database_refuses_is_dropped_and_counted(
     assert store.committed == [0, 1, 2, 3, 5, 6, 7, 8, 9]
     stats = h.writer.stats()
     assert (stats.spool_poison_entries, stats.spool_poison_rows) == (1, ROWS)
+    assert await h.writer.stop(WAIT_S) == 0
+
+
+async def test_spooled_rows_wait_out_a_refusal_that_is_not_the_datas(tmp_path: Path) -> None:
+    """A read-only standby after a failover, a revoked privilege, a missing table: the
+    database refuses every batch, not one entry. Spooled (replied) rows stay in the spool
+    until it accepts them again; none is dropped as poison."""
+    store = FakeStore()
+    store.failing = True
+    h = Harness(store, tmp_path)
+    await h.writer.start()
+    h.offer_many(range(10))
+    await until(lambda: len(h.durable) == 10)  # replied: they are in the spool
+    store.refusal = StorageError("permission denied", retriable=False, kind="permission")
+    store.failing = False
+    await until(lambda: store.attempts > 20)  # it keeps trying, with backoff
+    assert h.spool.batches > 0
+    assert h.writer.stats().spool_poison_entries == 0
+    store.refusal = None
+    await until(lambda: h.spool.batches == 0)
+    assert store.committed == list(range(10))
+    assert await h.writer.stop(WAIT_S) == 0
+
+
+async def test_a_disk_error_while_draining_does_not_end_the_drain(tmp_path: Path) -> None:
+    store = FakeStore()
+    store.failing = True
+    h = Harness(store, tmp_path)
+    real_read = h.spool.read
+    failures = [OSError(5, "Input/output error")]
+
+    async def flaky_read(max_rows: int) -> object:
+        if failures:
+            raise failures.pop()  # the first read of the spool hits a bad sector
+        return await real_read(max_rows)
+
+    h.spool.read = flaky_read  # type: ignore[method-assign]
+    await h.writer.start()
+    h.offer_many(range(10))
+    await until(lambda: len(h.durable) == 10)
+    store.failing = False
+    await until(lambda: h.spool.batches == 0)
+    assert store.committed == list(range(10))
+    assert h.writer.stats().spool_drain_errors == 1
+    # And the writer is back to direct writes.
+    h.offer_many(range(10, 12))
+    await until(lambda: store.committed[-2:] == [10, 11])
     assert await h.writer.stop(WAIT_S) == 0
 
 
