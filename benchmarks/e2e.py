@@ -323,6 +323,7 @@ class GatewayProcess:
                 if _http_get(self.metrics_port, "/readyz", 1.0)[0] == 200:
                     return
             time.sleep(0.2)
+        self.stop()  # never leave it (and its workers) running behind a failed benchmark
         raise RuntimeError(f"gateway not ready after {READY_TIMEOUT_S} s; see {self.log_path}")
 
     @property

@@ -61,6 +61,10 @@ def utc_offset_us(zone: str) -> int:
     return int(offset.total_seconds()) * 1_000_000
 
 
+class StartError(Exception):
+    """The gateway could not bind one of its ports (the message says which and why)."""
+
+
 class Gateway:
     """One worker: ``await start()``, then ``await stop()`` (or ``run_until_signal()``)."""
 
@@ -162,13 +166,17 @@ class Gateway:
             # Selected before the listener opens, so every stored frame is queued.
             self.hub.forward = Selector(s.forward.upstreams)
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            self.hub.make_connection,
-            s.listen.host,
-            s.listen.port,
-            backlog=LISTEN_BACKLOG,
-            reuse_port=s.listen.reuse_port or None,
-        )
+        try:
+            self.server = await loop.create_server(
+                self.hub.make_connection,
+                s.listen.host,
+                s.listen.port,
+                backlog=LISTEN_BACKLOG,
+                reuse_port=s.listen.reuse_port or None,
+            )
+        except OSError as exc:  # the port is taken (another gateway?) or not ours to bind
+            await self.stop()
+            raise StartError(f"device listener {s.listen.host}:{s.listen.port}: {exc}") from exc
         self.port = int(self.server.sockets[0].getsockname()[1])
         for sock in self.server.sockets:
             # Half-open sockets of dead modems are also reaped by the idle timeout;
@@ -186,7 +194,12 @@ class Gateway:
                 raise
         if s.metrics.enabled:
             self.http = MetricsServer(self.registry, self.ready)
-            self.metrics_port = await self.http.start(s.metrics.host, s.metrics.port)
+            try:
+                self.metrics_port = await self.http.start(s.metrics.host, s.metrics.port)
+            except OSError as exc:
+                self.http = None
+                await self.stop()
+                raise StartError(f"metrics {s.metrics.host}:{s.metrics.port}: {exc}") from exc
         self._spawn(self._every(SWEEP_INTERVAL_S, self._sweep))
         self._spawn(self._every(s.storage.presence_interval_s, self._flush_presence))
         self._spawn(self._every(PING_INTERVAL_S, self._ping))
@@ -422,5 +435,8 @@ def run_gateway(gateway: Gateway, on_started: Callable[[], None] | None = None) 
         return 1
     except ForwardError as exc:
         gateway.log.error("cannot start: forward configuration", error=str(exc))
+        return 2
+    except StartError as exc:
+        gateway.log.error("cannot start: address in use or not allowed", error=str(exc))
         return 2
     return 0

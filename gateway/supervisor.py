@@ -199,13 +199,29 @@ class Supervisor:
 
     async def run(self) -> int:
         self.port = _resolve_port(self.settings.listen.host, self.settings.listen.port)
-        for slot in self._slots:
-            self._spawn(slot)
         http = _AsyncMetricsServer(self)
         if self.settings.metrics.enabled:
-            self.metrics_port = await http.start(
-                self.settings.metrics.host, self.settings.metrics.port
-            )
+            # Bound before any worker starts: a port in use must not leave workers behind.
+            try:
+                self.metrics_port = await http.start(
+                    self.settings.metrics.host, self.settings.metrics.port
+                )
+            except OSError as exc:
+                self.log.error("cannot start: metrics port", error=str(exc))
+                return 2
+        try:
+            return await self._supervise()
+        finally:
+            self._stopping = True
+            await self._stop_workers()
+            await http.close()
+            self.log.info("gateway stopped")
+
+    async def _supervise(self) -> int:
+        """Start the workers, restart any that dies, until SIGTERM or SIGINT (the caller
+        stops them)."""
+        for slot in self._slots:
+            self._spawn(slot)
         self.log.info(
             "gateway listening",
             host=self.settings.listen.host,
@@ -225,9 +241,6 @@ class Supervisor:
                     await stop.wait()
         self._stopping = True
         self.log.info("signal received; stopping workers")
-        await self._stop_workers()
-        await http.close()
-        self.log.info("gateway stopped")
         return 0
 
     async def _stop_workers(self) -> None:

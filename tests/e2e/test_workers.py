@@ -128,3 +128,32 @@ def test_two_workers_share_the_port_and_metrics(pg_clean_dsn: str) -> None:
 
     # SO_REUSEPORT spreads 40 connections over both workers (each records its number).
     assert asyncio.run(workers_seen()) == {0, 1}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_stops_the_start_cleanly(tmp_path: Any, workers: int) -> None:
+    """The metrics port is taken: exit code 2 with one error line, and no worker left
+    running behind the supervisor (it binds before it starts any)."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "gateway", "serve", "--port", "0",
+        "--metrics-port", str(port), "--workers", str(workers),
+        "--sqlite-path", str(tmp_path / "gw.sqlite3"), "--log-format", "json",
+    ]  # fmt: skip
+    env = dict(os.environ, HJ212_METRICS__HOST="127.0.0.1")
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=60, env=env, check=False)
+    finally:
+        taken.close()
+    assert done.returncode == 2, done.stderr.decode()[-2000:]
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith(b"{")]
+    errors = [e for e in events if e.get("level") == "error"]
+    assert len(errors) == 1
+    assert errors[0]["event"].startswith("cannot start")
+    assert str(port) in errors[0]["error"]
+    assert b"Traceback" not in done.stderr
