@@ -104,27 +104,13 @@ class Gateway:
             self.log.info("migrations applied", migrations=applied)
         self.db_ok = True
         st = s.storage
-        spool = None
-        if st.spool_enabled:
-            spool = Spool(
-                spool_directory(st, self.worker),
-                max_bytes=st.spool_max_bytes,
-                segment_bytes=st.spool_segment_bytes,
-            )
-        self.writer = BatchWriter(
-            self.store,
+        spool = self._spool(spool_directory(st, self.worker)) if st.spool_enabled else None
+        self.writer = self._writer(
+            spool,
             queue_rows=st.queue_rows,
-            high_water_rows=int(st.queue_rows * st.high_water),
-            low_water_rows=int(st.queue_rows * st.low_water),
-            batch_rows=st.batch_rows,
-            linger_s=st.linger_ms / 1000.0,
-            retry_initial_s=st.retry_initial_ms / 1000.0,
-            retry_max_s=st.retry_max_ms / 1000.0,
             on_high_water=self._on_high_water,
             on_low_water=self._on_low_water,
             on_batch=self._on_batch,
-            spool=spool,
-            spool_after_s=st.spool_after_s,
         )
         await self.writer.start()
         if spool is not None and self.worker == 0:
@@ -313,26 +299,45 @@ class Gateway:
         if self.hub is not None:
             self.hub.sweep()
 
-    async def _drain_orphan(self, directory: Path) -> None:
-        """Drain the spool a worker of an earlier run left (that run had more workers):
-        a writer of its own on it, stopped once it is empty. Its rows are older than what
-        arrives now; the stores keep the values with the latest ``received_at``."""
+    def _spool(self, directory: Path) -> Spool:
+        st = self.settings.storage
+        return Spool(directory, max_bytes=st.spool_max_bytes, segment_bytes=st.spool_segment_bytes)
+
+    def _writer(
+        self,
+        spool: Spool | None,
+        *,
+        queue_rows: int,
+        on_high_water: Callable[[], None],
+        on_low_water: Callable[[], None],
+        on_batch: Callable[[int, float, bool, str], None] | None = None,
+    ) -> BatchWriter:
         st = self.settings.storage
         assert self.store is not None
-        spool = Spool(directory, max_bytes=st.spool_max_bytes, segment_bytes=st.spool_segment_bytes)
-        writer = BatchWriter(
+        return BatchWriter(
             self.store,
-            queue_rows=1_000,  # offered nothing: it only drains
-            high_water_rows=700,
-            low_water_rows=400,
-            on_high_water=lambda: None,
-            on_low_water=lambda: None,
+            queue_rows=queue_rows,
+            high_water_rows=int(queue_rows * st.high_water),
+            low_water_rows=int(queue_rows * st.low_water),
             batch_rows=st.batch_rows,
             linger_s=st.linger_ms / 1000.0,
             retry_initial_s=st.retry_initial_ms / 1000.0,
             retry_max_s=st.retry_max_ms / 1000.0,
+            on_high_water=on_high_water,
+            on_low_water=on_low_water,
+            on_batch=on_batch,
             spool=spool,
             spool_after_s=st.spool_after_s,
+        )
+
+    async def _drain_orphan(self, directory: Path) -> None:
+        """Drain the spool a worker of an earlier run left (that run had more workers):
+        a writer of its own on it, stopped once it is empty. Its rows are older than what
+        arrives now; the stores keep the values with the latest ``received_at``."""
+        spool = self._spool(directory)
+        # Offered nothing: it only drains (its queue and water marks never come into play).
+        writer = self._writer(
+            spool, queue_rows=1_000, on_high_water=lambda: None, on_low_water=lambda: None
         )
         try:
             await writer.start()
