@@ -63,9 +63,13 @@ def load_settings(
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if not err["loc"]:  # a check across sections: the message names the keys
+                lines.append(msg)
+                continue
             path = ".".join(str(p) for p in err["loc"])
             env = "HJ212_" + "__".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"{path} (env {env}): {err['msg']}")
+            lines.append(f"{path} (in the file, a flag, or env {env}): {msg}")
         raise ConfigError("\n".join(lines)) from None
 
 

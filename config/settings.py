@@ -11,6 +11,7 @@ sections are plain ``BaseModel``s under one ``BaseSettings`` root (nested
 from __future__ import annotations
 
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -405,6 +406,24 @@ class Settings(BaseSettings):
     forward: ForwardConfig = ForwardConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     commands: CommandsConfig = CommandsConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Bounds that depend on each other, and names that must resolve, checked here so
+        ``check-config`` catches them (not the first connection, or the start)."""
+        if self.listen.max_buffer_bytes <= self.protocol.max_frame_bytes:
+            raise ValueError(
+                "listen.max_buffer_bytes must be larger than protocol.max_frame_bytes "
+                f"({self.listen.max_buffer_bytes} <= {self.protocol.max_frame_bytes}): a "
+                "connection's buffer must hold the largest frame"
+            )
+        try:
+            ZoneInfo(self.protocol.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"protocol.timezone: unknown time zone {self.protocol.timezone!r}"
+            ) from exc
+        return self
 
     @model_validator(mode="after")
     def _no_forward_loop(self) -> Settings:

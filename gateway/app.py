@@ -33,7 +33,7 @@ from gateway.logs import configure_logging, get_logger
 from gateway.metrics import Metrics
 from gateway.registry import DeviceRegistry
 from protocol import CrcVariant, Quirk, RejectReason, known_cns, known_sts
-from storage import BatchWriter, StorageError, Store, open_store
+from storage import BatchWriter, PresenceRow, StorageError, Store, open_store
 from storage.commands import command_store
 from storage.outbox import outbox_store
 from storage.postgres import PostgresStore
@@ -363,10 +363,28 @@ class Gateway:
         rows = self.hub.take_presence()
         if not rows:
             return
+        await self._write_presence(rows)
+
+    async def _write_presence(self, rows: list[PresenceRow]) -> None:
+        """Write presence rows; when the batch fails, halves are tried, so one row the
+        database refuses costs only itself (not every device's counters), and a database
+        that is down costs one attempt per half that fails."""
+        assert self.store is not None
         try:
             await self.store.write_presence(rows)
         except Exception as exc:  # presence is advisory; never stop the gateway for it
-            self.log.warning("presence write failed", error=str(exc), devices=len(rows))
+            retriable = getattr(exc, "retriable", False)
+            if len(rows) == 1 or retriable:
+                self.log.warning(
+                    "presence write failed",
+                    error=str(exc),
+                    devices=len(rows),
+                    mn=rows[0].mn if len(rows) == 1 else None,
+                )
+                return
+            half = len(rows) // 2
+            await self._write_presence(rows[:half])
+            await self._write_presence(rows[half:])
 
     async def _refresh_registry(self) -> None:
         if self.store is not None and self.devices is not None:

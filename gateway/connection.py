@@ -105,7 +105,10 @@ class DeviceConnection(asyncio.Protocol):
         if items and hub.frame_rate:
             self._charge(len(items), now)
         if self.framer.has_partial:
-            if self.partial_since is None:
+            # The partial-frame clock runs from the last progress: a frame completed in
+            # this chunk restarts it (a device whose frames lack a tail always has the
+            # newest one pending until the next arrives).
+            if self.partial_since is None or items:
                 self.partial_since = now
         else:
             self.partial_since = None
@@ -156,8 +159,14 @@ class DeviceConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        """Resume reading (the hub's backpressure ended), unless the rate limit holds it."""
+        """Resume reading (the hub's backpressure ended), unless the rate limit holds it.
+        The pause was ours, not the device's silence: the idle and partial-frame clocks
+        start again from now."""
         if self.transport is not None and not self.closed and not self.throttled:
+            now = self.hub.loop.time()
+            self.last_rx = now
+            if self.partial_since is not None:
+                self.partial_since = now
             self.transport.resume_reading()
 
     # -- frame rate limit (token bucket) --------------------------------------------------

@@ -509,13 +509,22 @@ class Hub:
     # -- periodic sweep -------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Close idle connections and drop partial frames that never completed."""
+        """Close idle connections, and connections whose frame never completed.
+
+        Connections whose reading we paused (backpressure, rate limit) are not judged:
+        their silence is ours. A half-received frame older than the partial-frame timeout
+        is dropped and its connection closed: a DAU that stalls in mid-frame for minutes
+        is broken (it reconnects), and a peer dribbling a byte at a time is reaped."""
+        if self.paused:
+            return
         now = self.loop.time()
         listen = self.settings.listen
         idle_before = now - listen.idle_timeout_s
         partial_before = now - listen.partial_frame_timeout_s
         wall_us: int | None = None
         for conn in list(self.connections):
+            if conn.throttled or conn.closed:
+                continue
             if conn.partial_since is not None and conn.partial_since < partial_before:
                 conn.partial_since = None
                 rejected = conn.framer.discard_partial()
@@ -523,7 +532,8 @@ class Hub:
                     if wall_us is None:
                         wall_us = time.time_ns() // 1000
                     self.on_rejected(conn, rejected, now, wall_us)
-            if conn.last_rx < idle_before and not conn.closed:
+                conn.close("partial_timeout", abort=True)
+            elif conn.last_rx < idle_before:
                 conn.close("idle_timeout", abort=True)
 
 

@@ -58,7 +58,13 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         renderer: Any = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         logger_factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     else:
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, without each frame's local variables: a local may hold a
+        # device password or a DSN, and masking only sees the event's own values.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         logger_factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
     structlog.configure(
@@ -67,8 +73,32 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
-    # Third-party libraries log through the standard library; keep their warnings.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    # storage/ and third-party libraries log through the standard library: their records
+    # get the same processors and renderer (one JSON object per line in production), with
+    # the logger's name. Their warnings and errors are kept.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _text_renderer(renderer),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def _text_renderer(renderer: Any) -> Any:
+    """The renderer for stdlib records: the JSON renderer gives bytes, a handler wants text."""
+
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        out = renderer(logger, method, event_dict)
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    return render
 
 
 def get_logger(name: str) -> Any:

@@ -45,6 +45,7 @@ CLOCK_FIX_OUTCOMES = ("queued", "recent", "pending", "given_up", "error")
 CLOSE_REASONS = (
     "peer_closed",
     "idle_timeout",
+    "partial_timeout",
     "too_many_rejects",
     "garbage",
     "write_stalled",

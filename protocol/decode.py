@@ -106,13 +106,16 @@ def decode_segment(
     """Decode one data segment (the bytes the CRC covers) into a ``Packet``.
 
     Raises ``ProtocolError`` (BAD_SEGMENT, BAD_FLAG, BAD_PNUM, BAD_TIME, MISSING_FIELD,
-    BAD_ENCODING) and nothing else. ``lenient=False`` rejects the header irregularities
+    BAD_CN, BAD_ENCODING) and nothing else. ``lenient=False`` rejects the header irregularities
     the standard's own examples do not contain (``,`` between header fields, no ``;``
     before ``CP=``, text after the closing ``&&``, GBK text, unknown version bits).
     """
     found: list[Quirk] = list(quirks)
     if type(segment) is not bytes:
         segment = bytes(segment)
+    if b"\x00" in segment:
+        # Never part of HJ 212 text, and no database text column can hold it.
+        raise ProtocolError(RejectReason.BAD_ENCODING, "NUL byte in the segment")
     try:
         text = segment.decode("utf-8")
     except UnicodeDecodeError:
@@ -174,6 +177,8 @@ def decode_segment(
     mn = get("MN")
     if not cn:
         raise ProtocolError(RejectReason.MISSING_FIELD, "no CN")
+    if len(cn) > 4 or not cn.isdigit() or not cn.isascii():
+        raise ProtocolError(RejectReason.BAD_CN, f"not a code of 1 to 4 digits: {cn[:20]!r}")
     if not mn:
         raise ProtocolError(RejectReason.MISSING_FIELD, "no MN")
     qn = get("QN") or None

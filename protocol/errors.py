@@ -42,7 +42,9 @@ class RejectReason(str, Enum):  # noqa: UP042 - str() must stay the member name 
     MISSING_FIELD = "missing_field"
     """A required header field (``CN`` or ``MN``) is absent or empty."""
     BAD_ENCODING = "bad_encoding"
-    """The segment is neither valid UTF-8 nor GBK text."""
+    """The segment is neither valid UTF-8 nor GBK text, or holds a NUL byte."""
+    BAD_CN = "bad_cn"
+    """``CN`` is not a command code of 1 to 4 decimal digits."""
 
 
 class Quirk(str, Enum):  # noqa: UP042 - str() must stay the member name for callers

@@ -87,6 +87,12 @@ TIME_CACHE_ENTRIES: Final = 4096
 _time_cache: dict[str, int] = {}
 
 
+MIN_YEAR: Final = 1970
+"""Earliest year a device time may carry. A DAU whose clock was reset reads 1970 or 2000;
+years before are corruption, and the stores' time types (SQLite's ISO text through
+Python's datetime, after the zone offset is taken off) cannot hold year 1."""
+
+
 def parse_time_us(text: str) -> int:
     """``YYYYMMDDhhmmss`` or ``YYYYMMDDhhmmsszzz`` to microseconds since 1970-01-01,
     reading the wall clock as if it were UTC. Anything else raises
@@ -112,7 +118,7 @@ def _parse_time_us(text: str) -> int:
         month = int(date[4:6])
         day = int(date[6:])
         if (
-            year < 1
+            year < MIN_YEAR
             or not 1 <= month <= 12
             or day < 1
             or (day > _MONTH_DAYS[month] and not (month == 2 and day == 29 and _is_leap(year)))

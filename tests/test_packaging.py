@@ -47,3 +47,28 @@ def test_readme_holds_the_two_commands_and_every_enum_value() -> None:
     assert re.search(r"^test:", makefile, re.M)
     for member in (*RejectReason, *Quirk):
         assert f"`{member.value}`" in text, member
+
+
+def test_a_plain_install_holds_every_module_and_data_file(tmp_path: Path) -> None:
+    """What ``pip install .`` (the Docker image) installs: the wheel must hold every module
+    of the four packages, subpackages included, and the migrations and code tables."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("hj212_gateway-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {
+        str(p.relative_to(ROOT))
+        for package in ("protocol", "gateway", "storage", "config")
+        for pattern in ("**/*.py", "**/*.sql", "**/*.csv", "**/*.json")
+        for p in (ROOT / package).glob(pattern)
+    }
+    assert wanted - names == set()
+    assert any(n.startswith("gateway/commands/") for n in names)

@@ -9,6 +9,7 @@ drain (rows queued at SIGTERM are flushed and replied to before the connections 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 from typing import Any
@@ -62,17 +63,81 @@ async def test_idle_and_partial_frame_timeouts(sqlite_path: str, start_gateway: 
     idle = await Device.connect(gw.port)
     idle.stop_reader()
     half = await Device.connect(gw.port)
-    # Half a frame, then a keep-alive trickle of garbage-free bytes is not sent: the
-    # partial frame is dropped after 1 s, the silent connection closed after 1.5 s.
-    await half.send(upload("88888880000000000000C001")[:40])
+    dribble = await Device.connect(gw.port)
+    # Half a frame and then nothing; and a frame a byte at a time, too slowly: both are
+    # dropped (truncated) once the frame is 1 s old, and their connections closed. The
+    # silent connection is closed after 1.5 s.
+    frame_bytes = upload("88888880000000000000C001")
+    await half.send(frame_bytes[:40])
     half.stop_reader()
+    dribble.stop_reader()
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            for b in frame_bytes[:30]:
+                await dribble.send(bytes([b]))
+                await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(trickle())
     assert await closed(idle, 6.0)
     assert await closed(half, 6.0)
-    await idle.close()
-    await half.close()
+    assert await closed(dribble, 6.0)
+    await task
+    for dev in (idle, half, dribble):
+        await dev.close()
     s = await scrape(gw.metrics_port)
-    assert metric(s, "hj212_connections_closed_total", reason="idle_timeout") == 2
-    assert metric(s, "hj212_rejects_total", reason="truncated") == 1
+    assert metric(s, "hj212_connections_closed_total", reason="idle_timeout") == 1
+    assert metric(s, "hj212_connections_closed_total", reason="partial_timeout") == 2
+    assert metric(s, "hj212_rejects_total", reason="truncated") == 2
+
+
+async def test_frames_without_a_tail_are_not_dropped_as_stale_partials(
+    sqlite_path: str, start_gateway: Any
+) -> None:
+    """A device whose frames lack CR LF always has its newest frame pending until the next
+    one's ``##``: the partial-frame clock restarts at each completed frame."""
+    gw = await start_gateway(
+        gateway_settings({"sqlite_path": sqlite_path}, listen={"partial_frame_timeout_s": 1.0})
+    )
+    dev = await Device.connect(gw.port)
+    mn = "88888880000000000000C009"
+    frames = [upload(mn, str(i), f"202401011200{i:02d}000")[:-2] for i in range(6)]
+    for data in frames:
+        await dev.send(data)  # no tail: each completes when the next begins
+        await asyncio.sleep(0.4)  # 2.4 s in all: well past the 1 s partial timeout
+    assert len(await dev.wait_replies(5)) == 5
+    s = await scrape(gw.metrics_port)
+    assert metric(s, "hj212_quirks_total", quirk="tail_missing") == 5
+    assert metric(s, "hj212_rejects_total", reason="truncated") == 0
+    await dev.close()
+
+
+async def test_a_paused_connection_is_not_silent(sqlite_path: str, start_gateway: Any) -> None:
+    """The rate limit holds a connection's next bytes unread for longer than the idle and
+    partial-frame timeouts: the pause is ours, so the connection is kept and read on."""
+    gw = await start_gateway(
+        gateway_settings(
+            {"sqlite_path": sqlite_path},
+            listen={
+                "max_frames_per_s": 0.5,
+                "frame_burst": 1,
+                "idle_timeout_s": 1.0,
+                "partial_frame_timeout_s": 1.0,
+            },
+        )
+    )
+    dev = await Device.connect(gw.port)
+    mn = "88888880000000000000C010"
+    frames = [upload(mn, str(i), f"202401011200{i:02d}000") for i in range(4)]
+    await dev.send(frames[0] + frames[1])  # two at once: reading pauses for 2 s
+    await asyncio.sleep(0.1)
+    await dev.send(frames[2] + frames[3] + frames[0][:20])  # unread for ~2 s, then read
+    assert len(await dev.wait_replies(4, timeout=30)) == 4
+    s = await scrape(gw.metrics_port)
+    assert metric(s, "hj212_connections_throttled_total") >= 2
+    assert metric(s, "hj212_connections_closed_total", reason="idle_timeout") == 0
+    assert metric(s, "hj212_connections_closed_total", reason="partial_timeout") == 0
+    await dev.close()
 
 
 async def test_rejects_in_a_row_close_and_archive_rate(
@@ -218,3 +283,35 @@ async def test_peer_that_never_reads_is_disconnected(sqlite_path: str, start_gat
         sock.close()
     s = await scrape(gw.metrics_port)
     assert metric(s, "hj212_connections_closed_total", reason="write_stalled") == 1
+
+
+async def test_one_refused_presence_row_costs_only_itself(
+    sqlite_path: str, start_gateway: Any
+) -> None:
+    """The database refuses one device's presence row: the others are written anyway."""
+    from storage.base import StorageError
+
+    gw = await start_gateway(gateway_settings({"sqlite_path": sqlite_path}))
+    bad, good = "88888880000000000000C007", "88888880000000000000C008"
+    real = gw.store.write_presence
+
+    async def picky(rows: Any) -> None:
+        if any(r.mn == bad for r in rows):
+            raise StorageError("refused", retriable=False, kind="data")
+        await real(rows)
+
+    gw.store.write_presence = picky
+    dev = await Device.connect(gw.port)
+    await dev.send(upload(bad) + upload(good, qn="20240101120000001"))
+    await dev.wait_replies(2)
+    db = sqlite3.connect(sqlite_path)
+    try:
+        for _ in range(100):
+            rows = db.execute("SELECT mn, frames FROM presence ORDER BY mn").fetchall()
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        db.close()
+    assert rows == [(good, 1)]
+    await dev.close()

@@ -109,6 +109,19 @@ def test_multiple_datatime_makes_records() -> None:
         ),
         ("QN=1;ST=32;CN=1012;PW=1;MN=m;Flag=5;CP=&&SystemTime=2024&&", RejectReason.BAD_TIME),
         ("QN=1;ST=32;CN=2061;PW=1;MN=m;Flag=5;CP=&&BeginTime=x;EndTime=y&&", RejectReason.BAD_TIME),
+        # Years before 1970: corruption, and no store can hold year 1 after the offset.
+        (
+            "QN=1;ST=32;CN=2011;PW=1;MN=m;Flag=5;CP=&&DataTime=00010101000000&&",
+            RejectReason.BAD_TIME,
+        ),
+        (
+            "QN=1;ST=32;CN=2011;PW=1;MN=m;Flag=5;CP=&&DataTime=19691231235959&&",
+            RejectReason.BAD_TIME,
+        ),
+        # CN is a code of up to four digits (the stores keep it as an integer).
+        ("QN=1;ST=32;CN=99999999999;PW=1;MN=m;Flag=5;CP=&&&&", RejectReason.BAD_CN),
+        ("QN=1;ST=32;CN=20A1;PW=1;MN=m;Flag=5;CP=&&&&", RejectReason.BAD_CN),
+        ("QN=1;ST=32;CN=２０１１;PW=1;MN=m;Flag=5;CP=&&&&", RejectReason.BAD_CN),
     ],
 )
 def test_errors(text: str, reason: RejectReason) -> None:
@@ -129,6 +142,25 @@ def test_invalid_encoding() -> None:
     with pytest.raises(ProtocolError) as info:
         decode_segment(b"QN=1;ST=32;CN=2011;PW=1;MN=m;CP=&&x=\xff\xff\xff&&")
     assert info.value.reason is RejectReason.BAD_ENCODING
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        b"QN=1;ST=32;CN=2011;PW=1;MN=m\x00;Flag=5;CP=&&&&",
+        b"QN=1;ST=32;CN=2011;PW=1;MN=m;Flag=5;CP=&&w01018-Rtd=1\x00&&",
+        b"QN=1;ST=32;CN=3020;PW=1;MN=m;Flag=5;CP=&&i12001-Info=//a\x00b//&&",
+    ],
+)
+def test_a_nul_byte_anywhere_is_bad_encoding(segment: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_segment(segment)
+    assert info.value.reason is RejectReason.BAD_ENCODING
+
+
+def test_year_1970_is_the_earliest_time() -> None:
+    packet = decode_segment(seg(BASE + "CP=&&DataTime=19700101000000;w01018-Rtd=1&&"))
+    assert packet.records[0].data_time == "19700101000000"
 
 
 def test_key_case_fallback() -> None:
