@@ -31,6 +31,7 @@ from gateway.http import MetricsServer
 from gateway.hub import SWEEP_INTERVAL_S, Hub
 from gateway.logs import configure_logging, get_logger
 from gateway.metrics import Metrics
+from gateway.periodic import every
 from gateway.registry import DeviceRegistry
 from protocol import CrcVariant, Quirk, RejectReason, known_cns, known_sts
 from storage import BatchWriter, PresenceRow, StorageError, Store, open_store
@@ -186,10 +187,13 @@ class Gateway:
                 self.http = None
                 await self.stop()
                 raise StartError(f"metrics {s.metrics.host}:{s.metrics.port}: {exc}") from exc
-        self._spawn(self._every(SWEEP_INTERVAL_S, self._sweep))
-        self._spawn(self._every(s.storage.presence_interval_s, self._flush_presence))
-        self._spawn(self._every(PING_INTERVAL_S, self._ping))
-        self._spawn(self._every(s.auth.refresh_s, self._refresh_registry))
+        for interval_s, job in (
+            (SWEEP_INTERVAL_S, self._sweep),
+            (s.storage.presence_interval_s, self._flush_presence),
+            (PING_INTERVAL_S, self._ping),
+            (s.auth.refresh_s, self._refresh_registry),
+        ):
+            self._spawn(every(interval_s, job, self.log, "periodic job failed"))
         self.log.info(
             "gateway listening",
             host=s.listen.host,
@@ -420,16 +424,6 @@ class Gateway:
             except Exception as exc:
                 self.log.warning("coverage refresh failed", error=repr(exc))
             await asyncio.sleep(COVERAGE_REFRESH_S)
-
-    async def _every(self, interval: float, job: Any) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.error("periodic job failed", job=job.__name__, error=repr(exc))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))

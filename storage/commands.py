@@ -27,7 +27,6 @@ from typing import Any, Final, NamedTuple, Protocol
 import asyncpg
 
 from storage.base import StorageError, Store
-from storage.errors import map_error
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore, iso_from_us, us_from_iso
 
@@ -326,12 +325,7 @@ class PgCommands:
         self._store = store
 
     async def _q(self, what: str, fn: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
-        try:
-            return await fn(self._store.pool)
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise map_error(exc, f"command {what}") from exc
+        return await self._store.pooled(f"command {what}", fn)
 
     async def insert(
         self,

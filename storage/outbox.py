@@ -28,7 +28,6 @@ from typing import Any, Final, NamedTuple, Protocol
 import asyncpg
 
 from storage.base import StorageError, Store
-from storage.errors import map_error
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore, iso_from_us, us_from_iso
 
@@ -124,12 +123,7 @@ class PgOutbox:
         self._store = store
 
     async def _q(self, what: str, fn: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
-        try:
-            return await fn(self._store.pool)
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise map_error(exc, f"outbox {what}") from exc
+        return await self._store.pooled(f"outbox {what}", fn)
 
     async def load(self, upstream: str, worker: int, after_id: int, limit: int) -> list[OutboxItem]:
         rows = await self._q("load", lambda p: p.fetch(_PG_LOAD, upstream, worker, after_id, limit))

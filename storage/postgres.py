@@ -48,9 +48,9 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import asyncpg
 import asyncpg.exceptions as pgexc
@@ -72,6 +72,8 @@ from storage.idempotency import Watermark, merge_presence, rounds
 from storage.migrate import MIGRATION_LOCK_KEY, SCHEMA_MIGRATIONS_DDL, load_migrations
 from storage.outbox_rows import insert_postgres as insert_outbox
 from storage.outbox_rows import outbox_rows
+
+T = TypeVar("T")
 
 __all__ = ["PostgresStore"]
 
@@ -400,6 +402,16 @@ class PostgresStore:
     def pool(self) -> asyncpg.Pool:
         """The connection pool, for queries that live beside the store (reports, roster)."""
         return self._require_pool()
+
+    async def pooled(self, what: str, fn: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+        """``fn(pool)`` for the stores that live beside this one (commands, outbox), driver
+        errors coming out as ``StorageError`` naming ``what``."""
+        try:
+            return await fn(self.pool)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise map_error(exc, what) from exc
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 from config import Settings
 from gateway.commands import flows
 from gateway.commands.skew import SkewTracker
+from gateway.periodic import every
 from protocol import (
     Packet,
     ProtocolError,
@@ -196,8 +197,15 @@ class CommandDispatcher:
         self._spawn(self._pump_loop())
         polling = self._listen_dsn is None
         interval = self.cfg.poll_interval_s if polling else self.cfg.sweep_interval_s
-        self._spawn(self._every(interval, self._sweep))
-        self._spawn(self._every(self.settings.storage.presence_interval_s, self._flush_skews))
+        self._spawn(every(interval, self._sweep, self.log, "command job failed"))
+        self._spawn(
+            every(
+                self.settings.storage.presence_interval_s,
+                self._flush_skews,
+                self.log,
+                "command job failed",
+            )
+        )
         if self._listen_dsn is not None:
             self._listener = CommandListener(self._listen_dsn, retry_s=LISTEN_RETRY_S)
             self._spawn(
@@ -236,16 +244,6 @@ class CommandDispatcher:
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(self._loop.create_task(coro))
-
-    async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.warning("command job failed", job=job.__name__, error=str(exc))
 
     # -- finding work ---------------------------------------------------------------------
 
